@@ -1,0 +1,199 @@
+"""Backends: one narrow interface (numpy in, numpy out) over torch eager, onnxruntime and TensorRT.
+
+A backend runs three networks: ``encode`` (uint8 frames -> latents), ``dit`` (one chunk against the
+cache) and ``decode`` (latents -> uint8 frames). It holds no session state; the engine owns the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from engine.graphs import GRAPH_NAMES, OPSET, weights_hash
+
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here (missing package or GPU)."""
+
+
+class Backend(Protocol):
+    """What the engine needs from a backend."""
+
+    name: str
+
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (B,H,W,3) -> float32 (B,C,g,g)."""
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """float32 (B,C,g,g) -> uint8 (B,H,W,3)."""
+
+    def dit(self, x: np.ndarray, sigma: np.ndarray, actions: np.ndarray, past_k: np.ndarray, past_v: np.ndarray,
+            past_t: np.ndarray, past_valid: np.ndarray, past_shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One chunk: -> (x0 (B,k,C,g,g), k (L,B,H,kN,dh), v (L,B,H,kN,dh))."""
+
+
+class TorchBackend:
+    """torch eager on the CPU (or CUDA when asked); `compile=True` wraps the DiT step in torch.compile."""
+
+    name = "torch"
+
+    def __init__(self, ae, dit, device: str = "cpu", compile: bool = False, threads: int | None = None):
+        import torch
+
+        from engine.graphs import DecoderGraph, EncoderGraph
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = torch.device(device)
+        self.encoder = EncoderGraph(ae).to(self.device).eval()
+        self.decoder = DecoderGraph(ae).to(self.device).eval()
+        self.dit_module = dit.to(self.device).eval()
+        self._dit = torch.compile(self.dit_module, dynamic=True) if compile else self.dit_module
+
+    def _t(self, a: np.ndarray):
+        return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (B,H,W,3) -> float32 (B,C,g,g)."""
+        with self.torch.inference_mode():
+            return self.encoder(self._t(frames)).cpu().numpy()
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """float32 (B,C,g,g) -> uint8 (B,H,W,3)."""
+        with self.torch.inference_mode():
+            return self.decoder(self._t(latents.astype(np.float32))).cpu().numpy()
+
+    def dit(self, x, sigma, actions, past_k, past_v, past_t, past_valid, past_shift):
+        """One chunk: -> (x0, k, v) as numpy float32."""
+        with self.torch.inference_mode():
+            out = self._dit(*(self._t(a) for a in (x, sigma, actions, past_k, past_v, past_t, past_valid, past_shift)))
+        return tuple(o.float().cpu().numpy() for o in out)
+
+
+class OrtBackend:
+    """onnxruntime on the CPU: the default. Graphs are built from the weights on first use and cached."""
+
+    name = "onnxruntime"
+
+    def __init__(self, graph_dir: str | os.PathLike, threads: int | None = None, spinning: bool = False,
+                 providers: list[str] | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # pragma: no cover - onnxruntime is a core dependency
+            raise BackendUnavailable(f"onnxruntime is not installed: {e}") from None
+        graph_dir = Path(graph_dir)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
+        so.inter_op_num_threads = 1
+        # spinning threads burn the cores between calls; measured faster with it off when sessions alternate
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        self.sessions = {}
+        for name in GRAPH_NAMES:
+            path = graph_dir / f"{name}.onnx"
+            if not path.is_file():
+                raise FileNotFoundError(f"ONNX graph missing: {path}")
+            try:
+                self.sessions[name] = ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+            except Exception as e:  # onnxruntime raises its own exception types for corrupt graphs
+                raise ValueError(f"ONNX graph {path} is corrupt or invalid: {e}") from None
+
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (B,H,W,3) -> float32 (B,C,g,g)."""
+        return self.sessions["encoder"].run(None, {"frames": np.ascontiguousarray(frames, dtype=np.uint8)})[0]
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """float32 (B,C,g,g) -> uint8 (B,H,W,3)."""
+        return self.sessions["decoder"].run(None, {"latents": np.ascontiguousarray(latents, dtype=np.float32)})[0]
+
+    def dit(self, x, sigma, actions, past_k, past_v, past_t, past_valid, past_shift):
+        """One chunk: -> (x0, k, v)."""
+        feed = {"x": x.astype(np.float32, copy=False), "sigma": sigma.astype(np.float32, copy=False),
+                "actions": actions.astype(np.int64, copy=False), "past_k": past_k, "past_v": past_v,
+                "past_t": past_t.astype(np.float32, copy=False), "past_valid": past_valid.astype(np.float32, copy=False),
+                "past_shift": past_shift.astype(np.float32, copy=False)}
+        return tuple(self.sessions["dit"].run(None, feed))
+
+
+def onnx_cache_key(ae_path: Path, dit_path: Path) -> str:
+    """Key of the cached graphs: weights + configs (inside the files) + exporter versions."""
+    import onnx
+    import torch
+
+    return weights_hash(ae_path, dit_path, extra=f"torch={torch.__version__};onnx={onnx.__version__};opset={OPSET};graphs=1")[:20]
+
+
+def ensure_onnx_graphs(world_dir: Path, ae_path: Path, dit_path: Path, load_models) -> Path:
+    """Return a directory holding valid graphs for these weights, exporting them when missing or stale.
+
+    The cache lives beside the weights (world_dir/.cache/onnx-KEY); if that is not writable, under
+    ~/.cache/worldsim. A half-written or corrupt cache entry is rebuilt: `done.json` is written last.
+    """
+    key = onnx_cache_key(ae_path, dit_path)
+    candidates = [world_dir / ".cache" / f"onnx-{key}", Path(os.environ.get("WORLDSIM_CACHE", Path.home() / ".cache" / "worldsim")) / f"onnx-{key}"]
+    for d in candidates:
+        if _graphs_valid(d, key):
+            return d
+    for d in candidates:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            probe = d / ".write-probe"
+            probe.write_text("")
+            probe.unlink()
+        except OSError:
+            continue
+        from engine.graphs import export_onnx
+
+        for name in GRAPH_NAMES:
+            (d / f"{name}.onnx").unlink(missing_ok=True)
+        (d / "done.json").unlink(missing_ok=True)
+        ae, dit = load_models()
+        export_onnx(ae, dit, d)
+        from worldsim.io import atomic_write_json
+
+        atomic_write_json(d / "done.json", {"key": key, "graphs": list(GRAPH_NAMES)})
+        return d
+    raise PermissionError(f"no writable place for the ONNX cache (tried {', '.join(map(str, candidates))})")
+
+
+def _graphs_valid(d: Path, key: str) -> bool:
+    try:
+        done = json.loads((d / "done.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if done.get("key") != key:
+        return False
+    import onnx
+
+    for name in GRAPH_NAMES:
+        p = d / f"{name}.onnx"
+        try:
+            onnx.checker.check_model(str(p))
+        except Exception:
+            shutil.rmtree(d, ignore_errors=True)  # corrupt cache: rebuild it
+            return False
+    return True
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """Why the tensorrt backend cannot run here, or None if it can."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "the tensorrt Python package is not installed (pip install 'worldsim[tensorrt]' on a machine with an NVIDIA GPU)"
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "no CUDA GPU is available (torch.cuda.is_available() is False)"
+    except ImportError:
+        return "torch is not installed"
+    return None

@@ -1,0 +1,134 @@
+"""The three networks the engine runs per frame, as exportable modules, and one description of their
+inputs/outputs (names, shapes, dtypes) that the backends and `export` share.
+
+- encoder: uint8 frames (B,H,W,3) -> normalized latents (B,C,g,g)
+- dit:     one chunk against the cache (see worldsim.dit.CausalDiT.forward)
+- decoder: normalized latents (B,C,g,g) -> uint8 frames (B,H,W,3)
+
+Pixel conversion lives inside the graphs so a deployed bundle needs no Python pre/post-processing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from worldsim.autoencoder import Autoencoder
+from worldsim.dit import CausalDiT
+
+GRAPH_NAMES = ("encoder", "dit", "decoder")
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: a name, a shape (str = a dynamic axis) and a numpy dtype name."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+
+class EncoderGraph(nn.Module):
+    """uint8 (B,H,W,3) -> normalized latents (B,C,g,g)."""
+
+    def __init__(self, ae: Autoencoder):
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (B,H,W,3) -> float32 (B,C,g,g)."""
+        x = frames.permute(0, 3, 1, 2).float() / 255.0
+        return self.ae.encode(x)
+
+
+class DecoderGraph(nn.Module):
+    """Normalized latents (B,C,g,g) -> uint8 (B,H,W,3)."""
+
+    def __init__(self, ae: Autoencoder):
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """float32 (B,C,g,g) -> uint8 (B,H,W,3)."""
+        x = self.ae.decode(z)  # (B,3,H,W) in [0,1]
+        return (x * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def graph_specs(ae: Autoencoder, dit: CausalDiT) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
+    """Inputs and outputs of each graph. Dynamic axes: B (sessions), k (chunk frames), P (cache slots)."""
+    S, C, g = ae.cfg.image_size, ae.cfg.latent_channels, ae.cfg.grid
+    d = dit.cfg
+    L, H, dh, N = d.n_layers, d.n_heads, d.head_dim, d.tokens_per_frame
+    return {
+        "encoder": ([TensorSpec("frames", ("B", S, S, 3), "uint8")], [TensorSpec("latents", ("B", C, g, g), "float32")]),
+        "dit": (
+            [
+                TensorSpec("x", ("B", "k", C, g, g), "float32"),
+                TensorSpec("sigma", ("B", "k"), "float32"),
+                TensorSpec("actions", ("B", "k"), "int64"),
+                TensorSpec("past_k", (L, "B", H, "PN", dh), "float32"),
+                TensorSpec("past_v", (L, "B", H, "PN", dh), "float32"),
+                TensorSpec("past_t", ("B", "P"), "float32"),
+                TensorSpec("past_valid", ("B", "P"), "float32"),
+                TensorSpec("past_shift", ("B", "P", 2), "float32"),
+            ],
+            [
+                TensorSpec("x0", ("B", "k", C, g, g), "float32"),
+                TensorSpec("k", (L, "B", H, "kN", dh), "float32"),
+                TensorSpec("v", (L, "B", H, "kN", dh), "float32"),
+            ],
+        ),
+        "decoder": ([TensorSpec("latents", ("B", C, g, g), "float32")], [TensorSpec("frames", ("B", S, S, 3), "uint8")]),
+    }
+
+
+def _example(spec: TensorSpec, sizes: dict[str, int]) -> torch.Tensor:
+    shape = [sizes[s] if isinstance(s, str) else s for s in spec.shape]
+    if spec.dtype == "uint8":
+        return torch.randint(0, 256, shape, dtype=torch.uint8)
+    if spec.dtype == "int64":
+        return torch.zeros(shape, dtype=torch.int64)
+    return torch.randn(shape)
+
+
+def export_onnx(ae: Autoencoder, dit: CausalDiT, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Export the three graphs to out_dir/{encoder,dit,decoder}.onnx (float32); -> their paths."""
+    import warnings
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    N = dit.cfg.tokens_per_frame
+    sizes = {"B": 1, "k": 2, "P": 3, "PN": 3 * N, "kN": 2 * N}
+    specs = graph_specs(ae, dit)
+    modules = {"encoder": EncoderGraph(ae), "dit": dit, "decoder": DecoderGraph(ae)}
+    paths = {}
+    for name in GRAPH_NAMES:
+        ins, outs = specs[name]
+        args = tuple(_example(s, sizes) for s in ins)
+        dyn = {s.name: {i: a for i, a in enumerate(s.shape) if isinstance(a, str)} for s in (*ins, *outs)}
+        path = out_dir / f"{name}.onnx"
+        tmp = out_dir / f".{name}.onnx.tmp"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(modules[name].eval(), args, str(tmp), input_names=[s.name for s in ins],
+                              output_names=[s.name for s in outs], dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
+        os.replace(tmp, path)
+        paths[name] = path
+    return paths
+
+
+def weights_hash(*files: str | os.PathLike, extra: str = "") -> str:
+    """sha256 over files' bytes plus a string (configs, tool versions): a cache key."""
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    h.update(extra.encode())
+    return h.hexdigest()

@@ -1,0 +1,44 @@
+"""Test helpers: a tiny world with random weights, fast to build and to step (for tests and demos)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worldsim.actions import NULL_ACTION
+from worldsim.autoencoder import Autoencoder, ae_preset
+from worldsim.checkpoint import save_checkpoint
+from worldsim.config import config_to_dict
+from worldsim.dit import CausalDiT, dit_preset
+from worldsim.io import atomic_write_json
+
+
+def make_tiny_world(path: str | os.PathLike, seed: int = 0, opening: np.ndarray | None = None, frames: int = 4) -> Path:
+    """Write a world dir with random tiny-preset weights; -> path. Deterministic for a seed.
+
+    The zero-initialised output layers are randomised so that actions and context visibly change frames.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    ae = Autoencoder(ae_preset("tiny"))
+    dit = CausalDiT(dit_preset("tiny"))
+    with torch.no_grad():
+        for m in (ae, dit):
+            for name, p in m.named_parameters():
+                if p.dim() >= 1 and float(p.abs().sum()) == 0.0 and "latent" not in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    save_checkpoint(path / "autoencoder.safetensors", dict(ae.state_dict()), {"kind": "autoencoder", "config": config_to_dict(ae.cfg)})
+    save_checkpoint(path / "dit.safetensors", dict(dit.state_dict()), {"kind": "dit", "config": config_to_dict(dit.cfg)})
+    if opening is None:
+        rng = np.random.default_rng(seed)
+        s = ae.cfg.image_size
+        opening = rng.integers(0, 256, (frames, s, s, 3), dtype=np.uint8)
+    actions = np.array([0] * (len(opening) - 1) + [NULL_ACTION], np.int64)
+    np.savez_compressed(path / "opening.npz", frames=opening, actions=actions)
+    atomic_write_json(path / "world.json", {"format": "worldsim-world", "version": 1, "name": "tiny-random", "autoencoder": "autoencoder.safetensors",
+                                            "dit": "dit.safetensors", "opening": "opening.npz", "max_window": 8, "tick_hz": 8.0})
+    return path

@@ -1,0 +1,411 @@
+"""World (loaded weights + backend + runtime preset) and Session (one running game).
+
+A world directory holds `world.json`, `autoencoder.safetensors`, `dit.safetensors`, `opening.npz` (real
+opening frames so a session can start without a context) and optionally a model card. The shipped
+default world lives in the worldsim package (`worldsim/worlds/crafter`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from engine.backends import BACKENDS, BackendUnavailable, OrtBackend, TorchBackend, ensure_onnx_graphs, tensorrt_unavailable_reason
+from engine.cache import RingKVCache
+from worldsim.actions import ACTION_NAMES, NULL_ACTION, action_index
+from worldsim.diffusion import FlowSampler
+from worldsim.io import atomic_path, read_json
+
+WORLD_FORMAT = "worldsim-world"
+WORLD_VERSION = 1
+SESSION_FORMAT = "worldsim-session"
+SESSION_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RuntimePreset:
+    """How a session steps: denoising steps, cache window (frames), chunk size, context noise."""
+
+    name: str
+    steps: int
+    window: int
+    chunk: int = 1
+    ctx_noise: float = 0.02  # a small constant noise on committed frames, as in training: fights drift
+    shift: float = 1.0
+    stochastic: bool = False
+
+
+RUNTIME_PRESETS: dict[str, RuntimePreset] = {
+    "fast": RuntimePreset("fast", steps=1, window=6),
+    "quality": RuntimePreset("quality", steps=4, window=7, stochastic=True),
+}
+
+
+def default_world_dir() -> Path:
+    """The shipped default world (inside the worldsim package)."""
+    from importlib.resources import files
+
+    return Path(str(files("worldsim"))) / "worlds" / "crafter"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class World:
+    """A loaded world: weights, a backend and a runtime preset. Makes sessions."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], backend, preset: RuntimePreset, opening: tuple[np.ndarray, np.ndarray],
+                 ae_cfg, dit_cfg, world_id: str):
+        self.path = path
+        self.meta = meta
+        self.backend = backend
+        self.preset = preset
+        self.opening_frames, self.opening_actions = opening
+        self.ae_cfg, self.dit_cfg = ae_cfg, dit_cfg
+        self.id = world_id
+        self.sampler = FlowSampler(steps=preset.steps, shift=preset.shift, stochastic=preset.stochastic)
+
+    # -- loading ------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, backend: str | None = None, preset: str | RuntimePreset = "fast",
+             threads: int | None = None, **overrides: Any) -> "World":
+        """Load a world directory (default: the shipped world) on a backend (default: the best available).
+
+        ``overrides`` adjust the preset (steps, window, chunk, ctx_noise, shift, stochastic).
+        """
+        path = Path(path) if path is not None else default_world_dir()
+        if not path.is_dir():
+            raise FileNotFoundError(f"world directory not found: {path}")
+        meta = read_json(path / "world.json", "world description")
+        if meta.get("format") != WORLD_FORMAT:
+            raise ValueError(f"{path / 'world.json'}: not a worldsim world (format {meta.get('format')!r})")
+        if meta.get("version") != WORLD_VERSION:
+            raise ValueError(f"{path / 'world.json'}: world format version {meta.get('version')} is not supported (expected {WORLD_VERSION})")
+        if isinstance(preset, str):
+            if preset not in RUNTIME_PRESETS:
+                raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(RUNTIME_PRESETS)}")
+            preset = RUNTIME_PRESETS[preset]
+        if overrides:
+            preset = RuntimePreset(**{**preset.__dict__, **overrides})
+        max_window = int(meta.get("max_window", preset.window))
+        if preset.window > max_window:
+            preset = RuntimePreset(**{**preset.__dict__, "window": max_window})  # never past what the model was trained on
+        if preset.steps < 1 or preset.window < 1 or preset.chunk < 1:
+            raise ValueError(f"preset {preset} needs steps, window and chunk >= 1")
+        ae_path, dit_path = path / meta.get("autoencoder", "autoencoder.safetensors"), path / meta.get("dit", "dit.safetensors")
+        opening = _load_opening(path / meta.get("opening", "opening.npz"))
+        from worldsim.train import load_autoencoder, load_dit  # checkpoint errors are clear CheckpointErrors
+
+        ae_meta, dit_meta = _peek_config(ae_path, "autoencoder"), _peek_config(dit_path, "dit")
+        from worldsim.autoencoder import ae_config_from_dict
+        from worldsim.dit import dit_config_from_dict
+
+        ae_cfg, dit_cfg = ae_config_from_dict(ae_meta), dit_config_from_dict(dit_meta)
+        if (ae_cfg.latent_channels, ae_cfg.grid) != (dit_cfg.latent_channels, dit_cfg.grid):
+            raise ValueError(f"{path}: the autoencoder's latents ({ae_cfg.latent_channels}x{ae_cfg.grid}) do not fit the DiT "
+                             f"({dit_cfg.latent_channels}x{dit_cfg.grid})")
+        if opening[0].shape[1:] != (ae_cfg.image_size, ae_cfg.image_size, 3):
+            raise ValueError(f"{path}: opening frames are {opening[0].shape[1:]}, the world renders {ae_cfg.image_size}px")
+        world_id = hashlib.sha256((_file_digest(ae_path) + _file_digest(dit_path)).encode()).hexdigest()[:16]
+
+        def load_models():
+            return load_autoencoder(ae_path), load_dit(dit_path)
+
+        name = backend or _best_backend()
+        if name not in BACKENDS:
+            raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+        if name == "torch":
+            ae, dit = load_models()
+            be = TorchBackend(ae, dit, threads=threads)
+        elif name == "onnxruntime":
+            load_models()  # validate the checkpoints (clear errors) before touching the cache
+            graph_dir = ensure_onnx_graphs(path, ae_path, dit_path, load_models)
+            be = OrtBackend(graph_dir, threads=threads)
+        else:
+            reason = tensorrt_unavailable_reason()
+            if reason:
+                raise BackendUnavailable(f"backend 'tensorrt' is unavailable: {reason}")
+            raise BackendUnavailable("backend 'tensorrt' is not built yet in this version (see issue #7); use onnxruntime or torch")
+        return cls(path, meta, be, preset, opening, ae_cfg, dit_cfg, world_id)
+
+    # -- public attributes ----------------------------------------------------------------------------
+
+    @property
+    def action_names(self) -> list[str]:
+        """Action names in the game's order."""
+        return list(ACTION_NAMES)
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """(H, W, 3) of a frame."""
+        s = self.ae_cfg.image_size
+        return (s, s, 3)
+
+    @property
+    def backend_name(self) -> str:
+        """Name of the backend in use."""
+        return self.backend.name
+
+    @property
+    def preset_name(self) -> str:
+        """Name of the runtime preset in use."""
+        return self.preset.name
+
+    @property
+    def tick_hz(self) -> float:
+        """The pace the world was recorded for (steps per second of the real game's GUI)."""
+        return float(self.meta.get("tick_hz", 8.0))
+
+    # -- sessions -----------------------------------------------------------------------------------
+
+    def new_session(self, context: np.ndarray | None = None, actions: Sequence[str | int | None] | None = None, seed: int = 0) -> "Session":
+        """Start a session from real context frames uint8 (T,H,W,3) and the actions taken on them
+        (acts[i] taken on frame i; the last may be None), or from the world's opening frames."""
+        if context is None:
+            if actions is not None:
+                raise ValueError("actions given without context frames")
+            context, acts = self.opening_frames, [int(a) for a in self.opening_actions]
+        else:
+            context, acts = self._check_context(context, actions)
+        s = Session(self, seed)
+        s._start(context, acts)
+        return s
+
+    def _check_context(self, frames: Any, actions: Any) -> tuple[np.ndarray, list[int]]:
+        if not isinstance(frames, np.ndarray):
+            raise TypeError(f"context must be a numpy uint8 array (T,H,W,3), got {type(frames).__name__}")
+        if frames.dtype != np.uint8:
+            raise TypeError(f"context must be uint8 (T,H,W,3), got dtype {frames.dtype}")
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.ndim != 4 or frames.shape[1:] != self.frame_shape or frames.shape[0] < 1:
+            raise ValueError(f"context must have shape (T,{','.join(map(str, self.frame_shape))}) with T >= 1, got {frames.shape}")
+        T = frames.shape[0]
+        if actions is None:
+            acts = [NULL_ACTION] * T
+        else:
+            actions = list(actions)
+            if len(actions) not in (T, T - 1):
+                raise ValueError(f"{T} context frames need {T} actions (acts[i] taken on frame i; the last may be None) or {T - 1}, got {len(actions)}")
+            acts = [NULL_ACTION if a is None else action_index(a) for a in actions] + [NULL_ACTION] * (T - len(actions))
+        return frames, acts
+
+    def load_session(self, path: str | os.PathLike) -> "Session":
+        """Restore a session saved with Session.save (same world weights required)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"saved session not found: {path}")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except Exception as e:
+            raise ValueError(f"saved session {path} is corrupt: {e}") from None
+        try:
+            meta = json.loads(bytes(arrays.pop("meta")).decode())
+        except Exception as e:
+            raise ValueError(f"saved session {path} has no valid metadata: {e}") from None
+        if meta.get("format") != SESSION_FORMAT or meta.get("version") != SESSION_VERSION:
+            raise ValueError(f"{path}: not a worldsim session file of version {SESSION_VERSION}")
+        if meta["world_id"] != self.id:
+            raise ValueError(f"{path} was saved from world {meta['world_id']}, this world is {self.id}")
+        s = Session(self, int(meta["seed"]))
+        s.restore(SessionState.from_arrays(arrays, meta))
+        return s
+
+
+def _best_backend() -> str:
+    return "onnxruntime"  # the CPU default; tensorrt must be asked for explicitly until #7 lands
+
+
+def _peek_config(path: Path, kind: str) -> dict:
+    from worldsim.checkpoint import CheckpointError, load_checkpoint
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} weights not found: {path}")
+    _, meta = load_checkpoint(path, kind=kind)
+    if "config" not in meta:
+        raise CheckpointError(f"{path}: no config in the checkpoint metadata")
+    return meta["config"]
+
+
+def _load_opening(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise FileNotFoundError(f"opening frames not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            frames, actions = z["frames"], z["actions"]
+    except Exception as e:
+        raise ValueError(f"opening frames {path} are corrupt: {e}") from None
+    if frames.dtype != np.uint8 or frames.ndim != 4 or len(actions) != len(frames):
+        raise ValueError(f"opening frames {path}: expected uint8 (T,H,W,3) frames and T actions")
+    return frames, actions.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SessionState:
+    """Everything a session is: restoring it reproduces the same frames for the same inputs."""
+
+    frame_index: int  # absolute index of the current (last) frame
+    cache: RingKVCache
+    frame: np.ndarray  # uint8 (H,W,3) the current frame
+    latent: np.ndarray  # float32 (C,g,g) the current frame's latent
+    rng_state: dict
+    extra: dict = field(default_factory=dict)
+
+    def copy(self) -> "SessionState":
+        """A deep copy."""
+        return SessionState(self.frame_index, self.cache.copy(), self.frame.copy(), self.latent.copy(),
+                            copy.deepcopy(self.rng_state), copy.deepcopy(self.extra))
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Arrays + JSON-able meta for saving."""
+        arrays = {"cache_k": self.cache.k, "cache_v": self.cache.v, "cache_frame": self.cache.frame, "frame": self.frame, "latent": self.latent}
+        meta = {"frame_index": self.frame_index, "next_slot": self.cache.next_slot, "tokens_per_frame": self.cache.tokens_per_frame,
+                "rng_state": self.rng_state, "extra": self.extra}
+        return arrays, meta
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> "SessionState":
+        """Inverse of to_arrays."""
+        cache = RingKVCache(arrays["cache_k"], arrays["cache_v"], arrays["cache_frame"], int(meta["next_slot"]), int(meta["tokens_per_frame"]))
+        return cls(int(meta["frame_index"]), cache, arrays["frame"], arrays["latent"], meta["rng_state"], meta.get("extra", {}))
+
+
+class Session:
+    """One running game in a world: step it with actions, snapshot/restore, save/load."""
+
+    def __init__(self, world: World, seed: int = 0):
+        self.world = world
+        self.seed = int(seed)
+        self._rng = np.random.Generator(np.random.PCG64(self.seed))
+        self._state: SessionState | None = None
+        self.timings: dict[str, float] = {}
+
+    # -- public API ---------------------------------------------------------------------------------
+
+    @property
+    def frame(self) -> np.ndarray:
+        """The current frame, uint8 (H,W,3)."""
+        return self._state.frame
+
+    @property
+    def frame_index(self) -> int:
+        """Absolute index of the current frame (the last context frame has index T-1)."""
+        return self._state.frame_index
+
+    def step(self, action: str | int | Sequence[str | int]) -> np.ndarray:
+        """Advance by one action -> uint8 (H,W,3), or by a chunk of k actions -> uint8 (k,H,W,3)."""
+        if isinstance(action, (str, int, np.integer)) and not isinstance(action, bool):
+            return self._step_chunk([action_index(int(action) if isinstance(action, np.integer) else action)])[0]
+        if isinstance(action, (list, tuple)):
+            if not action:
+                raise ValueError("step() needs at least one action")
+            idx = [action_index(a) for a in action]
+            c = self.world.preset.chunk
+            out = [self._step_chunk(idx[i:i + c]) for i in range(0, len(idx), c)]
+            return np.concatenate(out)
+        raise ValueError(f"step() takes an action name, an index or a list of them, got {action!r}; valid actions: {', '.join(ACTION_NAMES)}")
+
+    def snapshot(self) -> SessionState:
+        """A copy of the whole session state."""
+        s = self._state.copy()
+        s.rng_state = self._rng.bit_generator.state
+        return s
+
+    def restore(self, state: SessionState) -> None:
+        """Return to a snapshot: the same inputs then give the same frames."""
+        if not isinstance(state, SessionState):
+            raise TypeError(f"restore() takes a SessionState from snapshot(), got {type(state).__name__}")
+        self._state = state.copy()
+        self._rng.bit_generator.state = copy.deepcopy(state.rng_state)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save the session to a file (numpy .npz, no pickles), atomically."""
+        state = self.snapshot()
+        arrays, meta = state.to_arrays()
+        meta.update({"format": SESSION_FORMAT, "version": SESSION_VERSION, "world_id": self.world.id, "seed": self.seed,
+                     "preset": self.world.preset.__dict__, "backend": self.world.backend_name})
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buf.getvalue())
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _new_cache(self) -> RingKVCache:
+        d = self.world.dit_cfg
+        return RingKVCache.empty(d.n_layers, 1, d.n_heads, self.world.preset.window, d.tokens_per_frame, d.head_dim)
+
+    def _start(self, frames: np.ndarray, acts: list[int]) -> None:
+        """Encode the context and commit its last `window` frames to the cache."""
+        T = len(frames)
+        W = self.world.preset.window
+        first = max(0, T - W)
+        be = self.world.backend
+        z = be.encode(frames[first:])  # (T',C,g,g)
+        # model action of frame i = the action taken on frame i-1 (unknown for the first frame)
+        model_acts = np.array([[acts[i - 1] if i > 0 else NULL_ACTION for i in range(first, T)]], np.int64)
+        cache = self._new_cache()
+        self._state = SessionState(T - 1, cache, frames[-1].copy(), z[-1].copy(), {})
+        self._commit(z[None], model_acts, first)
+
+    def _commit(self, z: np.ndarray, acts: np.ndarray, first_frame: int) -> float:
+        """Write clean (lightly re-noised) frames z (1,k,C,g,g) into the cache; -> seconds spent."""
+        t0 = time.perf_counter()
+        st = self._state
+        c = self.world.preset.ctx_noise
+        k = z.shape[1]
+        x = (1 - c) * z + c * self._rng.standard_normal(z.shape, dtype=np.float32)
+        past_t, past_valid = st.cache.inputs(first_frame)
+        _, kk, vv = self.world.backend.dit(x.astype(np.float32), np.full((1, k), c, np.float32), acts, st.cache.k, st.cache.v,
+                                           past_t, past_valid, np.zeros((1, st.cache.slots, 2), np.float32))
+        st.cache.write(kk, vv, first_frame)
+        return time.perf_counter() - t0
+
+    def _step_chunk(self, acts: list[int]) -> np.ndarray:
+        st = self._state
+        w = self.world
+        k = len(acts)
+        d = w.dit_cfg
+        first = st.frame_index + 1
+        a = np.array([acts], np.int64)
+        t0 = time.perf_counter()
+        x = self._rng.standard_normal((1, k, d.latent_channels, d.grid, d.grid), dtype=np.float32)
+        past_t, past_valid = st.cache.inputs(first)
+        shift = np.zeros((1, st.cache.slots, 2), np.float32)
+        ts = w.sampler.timesteps()
+        x0 = x
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            x0, _, _ = w.backend.dit(x, np.full((1, k), t, np.float32), a, st.cache.k, st.cache.v, past_t, past_valid, shift)
+            noise = self._rng.standard_normal(x.shape, dtype=np.float32) if (w.sampler.stochastic and t_next > 0) else None
+            x = w.sampler.step(x, x0, t, t_next, noise)
+        x0 = np.asarray(x, np.float32)
+        t1 = time.perf_counter()
+        commit_s = self._commit(x0, a, first)
+        t2 = time.perf_counter()
+        frames = w.backend.decode(x0[0])  # (k,H,W,3)
+        t3 = time.perf_counter()
+        st.frame_index += k
+        st.frame = frames[-1].copy()
+        st.latent = x0[0, -1].copy()
+        self.timings = {"denoise_ms": (t1 - t0) * 1e3, "commit_ms": commit_s * 1e3, "decode_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}
+        return frames

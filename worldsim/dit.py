@@ -1,0 +1,333 @@
+"""The action-conditioned, frame-causal video DiT.
+
+Tokens: one per latent cell (a 9x9 grid = 81 tokens per frame). Positions: 3-axis rotary embeddings
+(time, row, column). Keys are *stored* with only their spatial rotation; the time rotation (and an
+optional spatial shift, for memory frames seen from another pose) is applied when a key is read, from
+the relative offsets the caller passes. So time is relative: a sliding window of any length, or a memory
+frame from far in the past, needs no retraining and no absolute frame index.
+
+The model is a pure function used in two ways:
+- ``forward``: one chunk of k frames against a cache of past keys/values (inference, ONNX export):
+  (noisy latents, noise levels, actions, past K/V, past offsets, past mask) -> (x0 prediction, chunk K/V).
+  It never mutates the cache; the engine decides what to write and evict.
+- ``forward_teacher``: training on a clip of T frames with a clean-context stream and a noisy-target
+  stream in one sequence; noisy frame i attends to clean frames < i and to itself, exactly the attention
+  pattern of inference (commit passes write the clean frames; denoising reads them).
+
+Conditioning: per-frame adaLN from (noise-level embedding + action embedding). ``actions[:, i]`` is the
+action that *produced* frame i (a_{i-1} in the recorder's alignment); NULL_ACTION when unknown/dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worldsim.actions import NUM_ACTION_EMBEDDINGS
+from worldsim.config import config_from_dict, preset
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """DiT hyper-parameters."""
+
+    latent_channels: int = 16
+    grid: int = 9  # latent grid side: tokens per frame = grid * grid
+    d_model: int = 192
+    n_layers: int = 6
+    n_heads: int = 3
+    mlp_ratio: float = 3.0
+    num_actions: int = NUM_ACTION_EMBEDDINGS  # 17 game actions + the null action
+    time_pairs: int = 8  # rotary pairs (per head) given to the time axis; the rest split between rows/cols
+    rope_base_space: float = 100.0
+    rope_base_time: float = 1000.0
+
+    @property
+    def head_dim(self) -> int:
+        """Per-head width."""
+        return self.d_model // self.n_heads
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """Tokens per frame (grid * grid)."""
+        return self.grid * self.grid
+
+    def validate(self) -> None:
+        """Raise ValueError for inconsistent sizes."""
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} not divisible by n_heads {self.n_heads}")
+        pairs = self.head_dim // 2
+        if self.head_dim % 2 or pairs - self.time_pairs < 2:
+            raise ValueError(f"head_dim {self.head_dim} too small for {self.time_pairs} time rotary pairs")
+
+
+DIT_PRESETS: dict[str, DiTConfig] = {
+    "tiny": DiTConfig(latent_channels=8, d_model=32, n_layers=2, n_heads=2, mlp_ratio=2.0, time_pairs=2),
+    "small": DiTConfig(),
+    "base": DiTConfig(d_model=256, n_layers=8, n_heads=4, mlp_ratio=4.0),
+}
+
+
+def dit_preset(name: str) -> DiTConfig:
+    """A named DiT preset."""
+    return preset(DIT_PRESETS, name, "DiT")
+
+
+def dit_config_from_dict(d: dict) -> DiTConfig:
+    """DiTConfig from its JSON dict."""
+    return config_from_dict(DiTConfig, d)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rotary positions
+
+
+class Rotary(nn.Module):
+    """3-axis rotary embedding: angles for (time, row, col) positions; rotate-half layout."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        pairs = cfg.head_dim // 2
+        n_t = cfg.time_pairs
+        n_y = (pairs - n_t) // 2
+        n_x = pairs - n_t - n_y
+        ft = cfg.rope_base_time ** (-torch.arange(n_t).float() / max(n_t, 1))
+        fy = cfg.rope_base_space ** (-torch.arange(n_y).float() / n_y)
+        fx = cfg.rope_base_space ** (-torch.arange(n_x).float() / n_x)
+        # freqs[axis] is zero outside that axis's pairs, so angles = t*ft + y*fy + x*fx is one matmul
+        freqs = torch.zeros(3, pairs)
+        freqs[0, :n_t] = ft
+        freqs[1, n_t:n_t + n_y] = fy
+        freqs[2, n_t + n_y:] = fx
+        self.register_buffer("freqs", freqs, persistent=False)
+        g = cfg.grid
+        yy, xx = torch.meshgrid(torch.arange(g).float(), torch.arange(g).float(), indexing="ij")
+        self.register_buffer("grid_yx", torch.stack([yy.flatten(), xx.flatten()], -1), persistent=False)  # (N,2)
+
+    def angles(self, tyx: torch.Tensor) -> torch.Tensor:
+        """Positions (..., 3) as (t, y, x) -> angles (..., pairs)."""
+        return tyx @ self.freqs
+
+    def spatial(self) -> torch.Tensor:
+        """Angles of the N in-frame positions at time 0: (N, pairs)."""
+        zeros = torch.zeros_like(self.grid_yx[:, :1])
+        return self.angles(torch.cat([zeros, self.grid_yx], -1))
+
+
+def rotate(x: torch.Tensor, ang: torch.Tensor) -> torch.Tensor:
+    """Rotate (B,H,S,dh) by angles broadcastable to (B,1,S,dh/2)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = ang.cos(), ang.sin()
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Blocks
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of noise levels t in [0,1]: (...,) -> (..., dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device).float() / half)
+    args = (t.float() * 1000.0)[..., None] * freqs
+    return torch.cat([args.cos(), args.sin()], -1)
+
+
+class RMSNorm(nn.Module):
+    """RMS normalisation written out (aten::rms_norm has no ONNX export at opset 17)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., dim) -> (..., dim)."""
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight.to(x.dtype)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with per-frame adaLN modulation (shift, scale, gate) x2."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.n_heads = cfg.n_heads
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.q_norm = RMSNorm(cfg.head_dim)  # qk-norm: stable attention logits in bf16
+        self.k_norm = RMSNorm(cfg.head_dim)
+        self.proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        hidden = int(d * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
+        self.ada = nn.Linear(d, 6 * d)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(
+        self,
+        h: torch.Tensor,  # (B,S,d) tokens of the frames being computed
+        c: torch.Tensor,  # (B,S,d) per-token conditioning (each frame's vector repeated over its tokens)
+        ang_space: torch.Tensor,  # (S,pairs) spatial angles of these tokens (stored in keys)
+        ang_time: torch.Tensor,  # (B or 1,S,pairs) time angles of these tokens (applied at use)
+        past_k: torch.Tensor | None,  # (B,H,Sp,dh) spatially rotated past keys
+        past_v: torch.Tensor | None,  # (B,H,Sp,dh)
+        past_ang: torch.Tensor | None,  # (B,Sp,pairs) read-time rotation of past keys (time + shift)
+        mask: torch.Tensor,  # (B or 1,1,S,Sp+S) additive attention bias
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (h (B,S,d), keys (B,H,S,dh) with spatial rotation only, values (B,H,S,dh))."""
+        B, S, d = h.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, -1)
+        x = self.norm1(h) * (1 + scale1) + shift1
+        q, k, v = self.qkv(x).view(B, S, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)  # 3 x (B,H,S,dh)
+        q, k = self.q_norm(q), self.k_norm(k)
+        k_store = rotate(k, ang_space[None, None])  # what a cache keeps
+        ang_t = ang_time[:, None]
+        q = rotate(rotate(q, ang_space[None, None]), ang_t)
+        k_cur = rotate(k_store, ang_t)
+        if past_k is not None:
+            k_all = torch.cat([rotate(past_k, past_ang[:, None]), k_cur], 2)
+            v_all = torch.cat([past_v, v], 2)
+        else:
+            k_all, v_all = k_cur, v
+        a = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask.to(q.dtype))  # (B,H,S,dh)
+        a = a.transpose(1, 2).reshape(B, S, d)
+        h = h + gate1 * self.proj(a)
+        h = h + gate2 * self.mlp(self.norm2(h) * (1 + scale2) + shift2)
+        return h, k_store, v
+
+
+class CausalDiT(nn.Module):
+    """Frame-causal DiT over latent tokens; see the module docstring for the two entry points."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        d, C, N = cfg.d_model, cfg.latent_channels, cfg.tokens_per_frame
+        self.rotary = Rotary(cfg)
+        self.x_in = nn.Linear(C, d)
+        self.pos = nn.Parameter(torch.zeros(N, d))  # absolute in-frame position: the player and inventory rows are fixed
+        nn.init.normal_(self.pos, std=0.02)
+        self.t_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.action_emb = nn.Embedding(cfg.num_actions, d)
+        nn.init.normal_(self.action_emb.weight, std=0.02)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, C)
+        for m in (self.ada_out, self.out):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _embed(self, x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B,F,C,g,g), sigma (B,F), actions (B,F) -> tokens (B,F*N,d), per-token cond (B,F*N,d)."""
+        B, Fn = sigma.shape
+        N = self.cfg.tokens_per_frame
+        tok = self.x_in(x.flatten(3).transpose(2, 3)) + self.pos  # (B,F,N,d)
+        c = self.t_mlp(timestep_embedding(sigma, self.cfg.d_model)) + self.action_emb(actions)  # (B,F,d)
+        c = F.silu(c)
+        return tok.reshape(B, Fn * N, -1), c.repeat_interleave(N, dim=1)
+
+    def _head(self, h: torch.Tensor, c: torch.Tensor, B: int, Fn: int) -> torch.Tensor:
+        """Tokens (B,F*N,d) -> x0 prediction (B,F,C,g,g)."""
+        shift, scale = self.ada_out(c).chunk(2, -1)
+        y = self.out(self.norm_out(h) * (1 + scale) + shift)  # (B,F*N,C)
+        g = self.cfg.grid
+        return y.view(B, Fn, g, g, -1).permute(0, 1, 4, 2, 3)
+
+    def _time_angles(self, t: torch.Tensor) -> torch.Tensor:
+        """Frame times (B?,F) -> per-token time angles (B?,F*N,pairs)."""
+        tyx = torch.stack([t, torch.zeros_like(t), torch.zeros_like(t)], -1)  # (...,F,3)
+        return self.rotary.angles(tyx).repeat_interleave(self.cfg.tokens_per_frame, dim=-2)
+
+    # -- inference: one chunk against a cache -------------------------------------------------------
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B,k,C,g,g) noisy latents of the chunk
+        sigma: torch.Tensor,  # (B,k) noise level of each chunk frame, in [0,1]
+        actions: torch.Tensor,  # (B,k) int64 action that produced each chunk frame
+        past_k: torch.Tensor,  # (L,B,H,P*N,dh) cached keys (spatial rotation only)
+        past_v: torch.Tensor,  # (L,B,H,P*N,dh) cached values
+        past_t: torch.Tensor,  # (B,P) time of each cached frame relative to chunk frame 0 (e.g. -1, -2, ...)
+        past_valid: torch.Tensor,  # (B,P) 1 for a filled slot, 0 for an empty one
+        past_shift: torch.Tensor | None = None,  # (B,P,2) (dy,dx) in tiles of a memory frame's view; zeros for the window
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (x0 prediction (B,k,C,g,g), chunk keys (L,B,H,k*N,dh), chunk values (L,B,H,k*N,dh))."""
+        B, k = sigma.shape
+        N = self.cfg.tokens_per_frame
+        P = past_t.shape[1]
+        h, c = self._embed(x, sigma, actions)
+        ang_space = self.rotary.spatial().repeat(k, 1)  # (k*N,pairs)
+        ang_time = self._time_angles(torch.arange(k, device=x.device, dtype=torch.float32))[None]  # (1,k*N,pairs)
+        if past_shift is None:
+            past_shift = torch.zeros(B, P, 2, dtype=past_t.dtype, device=past_t.device)
+        past_pos = torch.cat([past_t[..., None], past_shift], -1)  # (B,P,3)
+        past_ang = self.rotary.angles(past_pos).repeat_interleave(N, dim=1)  # (B,P*N,pairs)
+        # attention bias: empty cache slots are masked; block-causal inside the chunk
+        neg = torch.finfo(torch.float32).min
+        past_bias = torch.where(past_valid > 0, 0.0, neg).repeat_interleave(N, dim=1)  # (B,P*N)
+        frame_of = torch.arange(k * N, device=x.device) // N
+        cur_bias = torch.where(frame_of[None, :] <= frame_of[:, None], 0.0, neg)  # (k*N,k*N)
+        mask = torch.cat([past_bias[:, None, :].expand(B, k * N, P * N), cur_bias[None].expand(B, -1, -1)], -1)[:, None]
+        ks, vs = [], []
+        for i, blk in enumerate(self.blocks):
+            h, kk, vv = blk(h, c, ang_space, ang_time, past_k[i], past_v[i], past_ang, mask)
+            ks.append(kk)
+            vs.append(vv)
+        return self._head(h, c, B, k), torch.stack(ks), torch.stack(vs)
+
+    # -- training: clean context stream + noisy target stream ---------------------------------------
+
+    def forward_teacher(
+        self,
+        x_ctx: torch.Tensor,  # (B,T,C,g,g) context latents (clean or lightly noised)
+        sigma_ctx: torch.Tensor,  # (B,T) their noise levels
+        x_tgt: torch.Tensor,  # (B,T,C,g,g) noisy target latents
+        sigma_tgt: torch.Tensor,  # (B,T)
+        actions: torch.Tensor,  # (B,T) action that produced frame i (shared by both streams)
+    ) -> torch.Tensor:
+        """-> x0 prediction of every target frame (B,T,C,g,g); target i sees context < i and itself."""
+        B, T = sigma_ctx.shape
+        N = self.cfg.tokens_per_frame
+        hc, cc = self._embed(x_ctx, sigma_ctx, actions)
+        ht, ct = self._embed(x_tgt, sigma_tgt, actions)
+        h = torch.cat([hc, ht], 1)  # (B,2*T*N,d)
+        c = torch.cat([cc, ct], 1)
+        ang_space = self.rotary.spatial().repeat(2 * T, 1)
+        t = torch.arange(T, device=h.device, dtype=torch.float32)
+        ang_time = self._time_angles(torch.cat([t, t]))[None]
+        mask = self.teacher_mask(T, h.device)
+        for blk in self.blocks:
+            h, _, _ = blk(h, c, ang_space, ang_time, None, None, None, mask)
+        return self._head(h[:, T * N:], c[:, T * N:], B, T)
+
+    def teacher_mask(self, T: int, device: torch.device | None = None) -> torch.Tensor:
+        """Additive bias (1,1,2TN,2TN): ctx i -> ctx <= i; target i -> ctx < i and target i."""
+        N = self.cfg.tokens_per_frame
+        fi = torch.arange(T, device=device)
+        ctx_ctx = fi[None, :] <= fi[:, None]
+        tgt_ctx = fi[None, :] < fi[:, None]
+        tgt_tgt = fi[None, :] == fi[:, None]
+        none = torch.zeros(T, T, dtype=torch.bool, device=device)
+        allow = torch.cat([torch.cat([ctx_ctx, none], 1), torch.cat([tgt_ctx, tgt_tgt], 1)], 0)  # (2T,2T)
+        allow = allow.repeat_interleave(N, 0).repeat_interleave(N, 1)
+        return torch.where(allow, 0.0, torch.finfo(torch.float32).min)[None, None]
+
+    def empty_cache(self, batch: int, frames: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+        """Zeros for (past_k, past_v, past_t, past_valid) with `frames` slots."""
+        cfg = self.cfg
+        shape = (cfg.n_layers, batch, cfg.n_heads, frames * cfg.tokens_per_frame, cfg.head_dim)
+        dev = self.pos.device
+        return (torch.zeros(shape, dtype=dtype, device=dev), torch.zeros(shape, dtype=dtype, device=dev),
+                torch.zeros(batch, frames, device=dev), torch.zeros(batch, frames, device=dev))

@@ -1,0 +1,603 @@
+"""`worldsim train autoencoder|dit`: training loops for the frame autoencoder and the dynamics DiT.
+
+A run directory holds `config.json`, `last.safetensors` (model + EMA + optimizer state, resumable),
+`log.jsonl` (one JSON line per log/validation event) and `val/` PNG grids. Runs unchanged under
+`torchrun --nproc_per_node=N` (DDP: gloo on CPU, nccl on GPU); only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from worldsim.actions import NULL_ACTION
+from worldsim.autoencoder import AEConfig, Autoencoder, ae_config_from_dict, ae_preset, frames_to_tensor, tensor_to_frames
+from worldsim.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from worldsim.config import config_from_dict, config_to_dict, preset
+from worldsim.diffusion import FlowSampler, add_noise, sample_context_levels, sample_target_levels
+from worldsim.dit import CausalDiT, DiTConfig, dit_config_from_dict, dit_preset
+from worldsim.io import atomic_write_json
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by both stages (fields unused by a stage are ignored)."""
+
+    model: str = "small"  # model preset name
+    steps: int = 20000
+    batch: int = 64  # frames (autoencoder) or clips (DiT) per step, summed over DDP ranks
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.01
+    ema: float = 0.999
+    clip_len: int = 6  # DiT: frames per training clip
+    ctx_noise_max: float = 0.1  # DiT: context frames get a noise level in [0, this]
+    action_dropout: float = 0.1  # DiT: fraction of frames whose action is replaced by the null action
+    p_pure: float = 0.25  # DiT: fraction of target frames at noise level 1
+    self_rollout_after: float = 0.5  # DiT: fraction of training after which the self-rollout stage starts
+    self_rollout_prob: float = 0.5  # DiT: probability a step uses the model's own predictions as context
+    bf16: bool = True
+    log_every: int = 25
+    val_every: int = 500
+    ckpt_every: int = 250
+    seed: int = 0
+    max_train_episodes: int | None = None
+    max_val_episodes: int | None = 8
+
+
+TRAIN_PRESETS: dict[str, dict[str, TrainConfig]] = {
+    "autoencoder": {
+        "tiny": TrainConfig(model="tiny", steps=20, batch=8, lr=2e-3, warmup=2, log_every=5, val_every=10, ckpt_every=10,
+                            max_train_episodes=2, max_val_episodes=1),
+        "small": TrainConfig(model="small", steps=6000, batch=64, lr=1e-3, warmup=200),
+    },
+    "dit": {
+        "tiny": TrainConfig(model="tiny", steps=20, batch=4, lr=2e-3, warmup=2, clip_len=4, log_every=5, val_every=10,
+                            ckpt_every=10, max_train_episodes=2, max_val_episodes=1),
+        "small": TrainConfig(model="small", steps=100000, batch=8, lr=3e-4, warmup=500, clip_len=6),
+    },
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# distributed helpers
+
+
+def _dist_setup() -> tuple[int, int]:
+    """Initialise torch.distributed when launched by torchrun; -> (rank, world_size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup then cosine decay to 10%."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _opt_state_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Flatten an AdamW state into tensors + JSON (no pickles)."""
+    tensors, meta = {}, {}
+    for i, (pid, st) in enumerate(opt.state_dict()["state"].items()):
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{pid}.{k}"] = v
+            else:
+                meta[f"{pid}.{k}"] = v
+    return tensors, meta
+
+
+def _load_opt_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, pid, k = key.split(".", 2)
+            state.setdefault(int(pid), {})[k] = v
+    for key, v in meta.items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def save_model(path: str | os.PathLike, kind: str, model: torch.nn.Module, cfg: Any, extra: dict[str, Any] | None = None) -> None:
+    """Save a model (weights + its config) as a standalone safetensors checkpoint."""
+    meta = {"kind": kind, "config": config_to_dict(cfg), **(extra or {})}
+    save_checkpoint(path, dict(model.state_dict()), meta)
+
+
+def load_autoencoder(path: str | os.PathLike) -> Autoencoder:
+    """Load an autoencoder checkpoint (EMA weights when the file is a training state)."""
+    tensors, meta = load_checkpoint(path, kind="autoencoder")
+    cfg = ae_config_from_dict(meta["config"])
+    model = Autoencoder(cfg)
+    load_state_strict(model, _model_tensors(tensors), path)
+    return model.eval()
+
+
+def load_dit(path: str | os.PathLike) -> CausalDiT:
+    """Load a DiT checkpoint (EMA weights when the file is a training state)."""
+    tensors, meta = load_checkpoint(path, kind="dit")
+    cfg = dit_config_from_dict(meta["config"])
+    model = CausalDiT(cfg)
+    load_state_strict(model, _model_tensors(tensors), path)
+    return model.eval()
+
+
+def _model_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """From a training state take the EMA weights; a plain model file passes through."""
+    if any(k.startswith("ema.") for k in tensors):
+        return {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------------------
+# the trainer shared by both stages
+
+
+class Trainer:
+    """Owns the model, EMA, optimizer, run directory, logging, checkpoints and DDP wrapping."""
+
+    def __init__(self, kind: str, model: torch.nn.Module, model_cfg: Any, cfg: TrainConfig, run_dir: Path, extra_meta: dict[str, Any],
+                 wrap: Any = None):
+        self.kind, self.cfg, self.model_cfg, self.run_dir = kind, cfg, model_cfg, Path(run_dir)
+        self.rank, self.world = _dist_setup()
+        self.device = _device()
+        self.model = model.to(self.device)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+        self.step = 0
+        self.extra_meta = extra_meta
+        self.ddp = None
+        if self.world > 1:
+            # `wrap` adapts the module whose forward DDP must call (the DiT trains through forward_teacher)
+            target = wrap(self.model) if wrap is not None else self.model
+            self.ddp = torch.nn.parallel.DistributedDataParallel(target, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.ckpt_path = self.run_dir / "last.safetensors"
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._resume_or_init()
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """The module to call in the training step (DDP-wrapped when distributed)."""
+        return self.ddp if self.ddp is not None else self.model
+
+    def _meta(self) -> dict[str, Any]:
+        return {"kind": self.kind, "config": config_to_dict(self.model_cfg), "train": config_to_dict(self.cfg), **self.extra_meta}
+
+    def _resume_or_init(self) -> None:
+        cfg_path = self.run_dir / "config.json"
+        meta = self._meta()
+        if self.ckpt_path.exists():
+            tensors, saved = load_checkpoint(self.ckpt_path, kind=self.kind)
+            if saved["config"] != meta["config"]:
+                raise CheckpointError(f"{self.ckpt_path}: the run was started with model config {saved['config']}, "
+                                      f"not {meta['config']}; use another --out or the same preset")
+            load_state_strict(self.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, self.ckpt_path)
+            load_state_strict(self.ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, self.ckpt_path)
+            _load_opt_state(self.opt, tensors, saved.get("opt_meta", {}))
+            self.step = int(saved["step"])
+            if self.rank == 0:
+                print(f"resumed {self.kind} from {self.ckpt_path} at step {self.step}")
+        elif self.rank == 0:
+            atomic_write_json(cfg_path, meta)
+
+    def save(self) -> None:
+        """Atomically write the full training state (rank 0)."""
+        if self.rank != 0:
+            return
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        opt_t, opt_meta = _opt_state_tensors(self.opt)
+        tensors.update(opt_t)
+        meta = self._meta() | {"step": self.step, "opt_meta": opt_meta}
+        save_checkpoint(self.ckpt_path, tensors, meta)
+
+    def export(self, path: Path) -> None:
+        """Write the EMA weights alone (what ships)."""
+        if self.rank == 0:
+            save_checkpoint(path, dict(self.ema.state_dict()), self._meta() | {"step": self.step})
+
+    def update(self, loss: torch.Tensor) -> float:
+        """Backward + clip + AdamW step + EMA; -> grad norm."""
+        for g in self.opt.param_groups:
+            g["lr"] = _lr_at(self.step, self.cfg)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0).item()
+        self.opt.step()
+        with torch.no_grad():
+            d = self.cfg.ema if self.step > self.cfg.warmup else 0.0
+            for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
+                pe.lerp_(pm.detach(), 1 - d)
+            for be, bm in zip(self.ema.buffers(), self.model.buffers()):
+                be.copy_(bm)
+        self.step += 1
+        return gn
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one JSON line to log.jsonl (rank 0)."""
+        if self.rank == 0:
+            with open(self.run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.step, "time": time.time(), **record}) + "\n")
+
+    def autocast(self):
+        """bf16 autocast context when enabled."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+
+
+# ---------------------------------------------------------------------------------------------------
+# data
+
+
+def _open(data: str, split: str, max_episodes: int | None, fields: tuple[str, ...]):
+    from worldsim.data.dataset import open_dataset
+
+    return open_dataset(data).load(split=split, fields=fields, max_episodes=max_episodes)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+
+
+def _save_grid(path: Path, rows: list[np.ndarray]) -> None:
+    """Save rows of frames (each (T,H,W,3) uint8) as one PNG grid."""
+    from PIL import Image
+
+    grid = np.concatenate([np.concatenate(list(r), 1) for r in rows], 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
+
+
+def _tile_metrics(pred: np.ndarray, true: np.ndarray, **kw) -> dict[str, float]:
+    """Tile metrics from the evaluation package when available (it is optional for training)."""
+    try:
+        from worldsim.eval.metrics import tile_metrics
+    except ImportError:
+        return {}
+    try:
+        return {f"tile_{k}": float(v) for k, v in tile_metrics(pred, true, **kw).items() if np.isscalar(v)}
+    except Exception as e:  # validation must never kill a long run
+        return {"tile_error": str(e)[:200]}
+
+
+# ---------------------------------------------------------------------------------------------------
+# autoencoder
+
+
+def train_autoencoder(data: str, out: str, cfg: TrainConfig, progress: bool = True) -> Path:
+    """Train the frame autoencoder; -> path of the exported EMA model (out/autoencoder.safetensors)."""
+    model_cfg = ae_preset(cfg.model)
+    torch.manual_seed(cfg.seed)
+    trainer = Trainer("autoencoder", Autoencoder(model_cfg), model_cfg, cfg, Path(out), {"data": str(data)})
+    train = _open(data, "train", cfg.max_train_episodes, ("frames", "daylight"))
+    val = _open(data, "val", cfg.max_val_episodes, ("frames", "daylight", "semantic"))
+    frames = np.concatenate([e["frames"] for e in train.episodes])  # (N,S,S,3)
+    vframes = np.concatenate([e["frames"] for e in val.episodes])
+    vday = np.concatenate([e["daylight"] for e in val.episodes])
+    if frames.shape[1] != model_cfg.image_size:
+        raise ValueError(f"dataset frames are {frames.shape[1]}px but the autoencoder preset expects {model_cfg.image_size}px")
+    rng = np.random.default_rng(cfg.seed + 1000 * trainer.rank)
+    per_rank = max(1, cfg.batch // trainer.world)
+    bar = _bar(cfg.steps, trainer.step, progress and trainer.rank == 0, "autoencoder")
+    t0, seen = time.perf_counter(), 0
+    while trainer.step < cfg.steps:
+        idx = rng.integers(0, len(frames), per_rank)
+        x = frames_to_tensor(torch.from_numpy(frames[idx])).to(trainer.device)
+        with trainer.autocast():
+            loss, parts = trainer.net(x)  # Autoencoder.forward is its training loss
+        gn = trainer.update(loss)
+        seen += per_rank * trainer.world
+        if trainer.step % cfg.log_every == 0:
+            fps = seen / (time.perf_counter() - t0)
+            trainer.log({"loss": loss.item(), "grad_norm": gn, "frames_per_s": fps, **parts})
+            if bar:
+                bar.set_postfix(loss=f"{loss.item():.5f}", fps=f"{fps:.0f}")
+        if bar:
+            bar.update(1)
+        if trainer.step % cfg.val_every == 0 or trainer.step == cfg.steps:
+            _validate_ae(trainer, vframes, vday)
+        if trainer.step % cfg.ckpt_every == 0 or trainer.step == cfg.steps:
+            trainer.save()
+    if bar:
+        bar.close()
+    _set_latent_stats(trainer.ema, frames, trainer.device)
+    out_path = Path(out) / "autoencoder.safetensors"
+    trainer.export(out_path)
+    return out_path
+
+
+@torch.no_grad()
+def _set_latent_stats(ae: Autoencoder, frames: np.ndarray, device: torch.device, n: int = 4096) -> None:
+    """Per-channel mean/std of raw latents over (a sample of) the training frames."""
+    idx = np.random.default_rng(0).choice(len(frames), min(n, len(frames)), replace=False)
+    zs = []
+    for i in range(0, len(idx), 256):
+        x = frames_to_tensor(torch.from_numpy(frames[np.sort(idx[i:i + 256])])).to(device)
+        zs.append(ae.encode_raw(x).float())
+    z = torch.cat(zs)
+    ae.latent_mean.copy_(z.mean((0, 2, 3)))
+    ae.latent_std.copy_(z.std((0, 2, 3)).clamp_min(1e-3))
+
+
+@torch.no_grad()
+def _validate_ae(trainer: Trainer, vframes: np.ndarray, vday: np.ndarray) -> dict[str, float]:
+    if trainer.rank != 0:
+        return {}
+    ae = trainer.ema
+    n = min(len(vframes), 512)
+    idx = np.linspace(0, len(vframes) - 1, n).astype(int)
+    recon = []
+    for i in range(0, n, 128):
+        x = frames_to_tensor(torch.from_numpy(vframes[idx[i:i + 128]])).to(trainer.device)
+        recon.append(tensor_to_frames(ae.decode_raw(ae.encode_raw(x)).clamp(0, 1)).cpu().numpy())
+    recon = np.concatenate(recon)
+    true = vframes[idx]
+    day = vday[idx] >= 0.5
+    rec: dict[str, float] = {"val_psnr_day": float(np.mean([_psnr(r, t) for r, t in zip(recon[day], true[day])])) if day.any() else float("nan"),
+                             "val_psnr_night": float(np.mean([_psnr(r, t) for r, t in zip(recon[~day], true[~day])])) if (~day).any() else float("nan")}
+    rec.update(_tile_metrics(recon[None], true[None]))
+    trainer.log({"val": True, **rec})
+    _save_grid(trainer.run_dir / "val" / f"ae-{trainer.step:07d}.png", [true[:8], recon[:8]])
+    print(f"[val step {trainer.step}] " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+    return rec
+
+
+# ---------------------------------------------------------------------------------------------------
+# DiT
+
+
+class LatentClips:
+    """Episodes encoded to normalized latents once; samples aligned (latents, actions) clips."""
+
+    def __init__(self, store, ae: Autoencoder, device: torch.device, batch: int = 256):
+        self.lat: list[torch.Tensor] = []  # per episode (N,C,g,g) float16
+        self.act: list[np.ndarray] = []
+        self.frames = [e["frames"] for e in store.episodes]
+        for e in store.episodes:
+            zs = []
+            with torch.no_grad():
+                for i in range(0, len(e["frames"]), batch):
+                    x = frames_to_tensor(torch.from_numpy(e["frames"][i:i + batch])).to(device)
+                    zs.append(ae.encode(x).half().cpu())
+            self.lat.append(torch.cat(zs))
+            self.act.append(np.asarray(e["actions"]).astype(np.int64))
+
+    def sample(self, rng: np.random.Generator, batch: int, T: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        """-> latents (B,T,C,g,g) float32, actions (B,T) int64 (action that produced frame i), origins."""
+        lens = np.array([len(x) for x in self.lat])
+        ok = np.nonzero(lens > T)[0]
+        if len(ok) == 0:
+            raise ValueError(f"no episode is longer than the clip length {T}")
+        eps = rng.choice(ok, batch, p=lens[ok] / lens[ok].sum())
+        zs, acts, origins = [], [], []
+        for e in eps:
+            s = int(rng.integers(1, lens[e] - T + 1))  # frame s-1 exists: its action produced frame s
+            zs.append(self.lat[e][s:s + T].float())
+            acts.append(torch.from_numpy(self.act[e][s - 1:s - 1 + T]))
+            origins.append((int(e), s))
+        return torch.stack(zs), torch.stack(acts), origins
+
+
+def dit_loss(model: torch.nn.Module, z: torch.Tensor, actions: torch.Tensor, cfg: TrainConfig,
+             ctx: torch.Tensor | None = None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Teacher-forced rectified-flow loss on clips z (B,T,C,g,g); `ctx` replaces the context stream
+    (self-rollout: the model's own predictions) when given."""
+    B, T = z.shape[:2]
+    dev = z.device
+    t_ctx = sample_context_levels((B, T), cfg.ctx_noise_max, generator).to(dev)
+    t_tgt = sample_target_levels((B, T), generator, p_pure=cfg.p_pure).to(dev)
+    eps_c = torch.randn(z.shape, generator=generator).to(dev)
+    eps_t = torch.randn(z.shape, generator=generator).to(dev)
+    base = z if ctx is None else ctx
+    x_ctx = add_noise(base, t_ctx, eps_c)
+    x_tgt = add_noise(z, t_tgt, eps_t)
+    drop = torch.rand((B, T), generator=generator).to(dev) < cfg.action_dropout
+    acts = torch.where(drop, torch.full_like(actions, NULL_ACTION), actions)
+    # under DDP `model` wraps a _TeacherDDP whose forward is forward_teacher
+    pred = model(x_ctx, t_ctx, x_tgt, t_tgt, acts) if hasattr(model, "module") else model.forward_teacher(x_ctx, t_ctx, x_tgt, t_tgt, acts)
+    err = (pred.float() - z).pow(2).mean((2, 3, 4))  # (B,T)
+    loss = err.mean()
+    pure = t_tgt >= 0.999
+    parts = {"mse": loss.item(), "mse_pure": err[pure].mean().item() if pure.any() else float("nan")}
+    return loss, parts
+
+
+class _TeacherDDP(torch.nn.Module):
+    """Adapter so DDP's forward runs forward_teacher (gradient hooks need DDP.__call__)."""
+
+    def __init__(self, dit: CausalDiT):
+        super().__init__()
+        self.dit = dit
+
+    def forward(self, *args):
+        return self.dit.forward_teacher(*args)
+
+
+@torch.no_grad()
+def _self_rollout_context(model: CausalDiT, z: torch.Tensor, actions: torch.Tensor, sampler: FlowSampler) -> torch.Tensor:
+    """The model's own one-step-ahead predictions as context: frame 0 stays real, frame i>0 is
+    generated from the real context < i (teacher-forced, so errors of one generation step enter)."""
+    B, T = z.shape[:2]
+    ctx_level = torch.zeros(B, T, device=z.device)
+    x = torch.randn_like(z)
+    ts = sampler.timesteps()
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        x0 = model.forward_teacher(z, ctx_level, x, torch.full((B, T), t, device=z.device), actions).float()
+        x = sampler.step(x, x0, t, t_next, torch.randn_like(z))
+    out = z.clone()
+    out[:, 1:] = x[:, 1:]
+    return out
+
+
+def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: bool = True, init: str | None = None) -> Path:
+    """Train the DiT on AE latents; -> path of the exported EMA model (out/dit.safetensors)."""
+    model_cfg = dit_preset(cfg.model)
+    ae = load_autoencoder(ae_path)
+    if ae.cfg.latent_channels != model_cfg.latent_channels or ae.cfg.grid != model_cfg.grid:
+        raise ValueError(f"DiT preset {cfg.model!r} expects {model_cfg.latent_channels}x{model_cfg.grid}x{model_cfg.grid} latents; "
+                         f"the autoencoder {ae_path} makes {ae.cfg.latent_channels}x{ae.cfg.grid}x{ae.cfg.grid}")
+    torch.manual_seed(cfg.seed)
+    dit = CausalDiT(model_cfg)
+    if init is not None and not (Path(out) / "last.safetensors").exists():
+        load_state_strict(dit, _model_tensors(load_checkpoint(init, kind="dit")[0]), init)
+    trainer = Trainer("dit", dit, model_cfg, cfg, Path(out), {"data": str(data), "autoencoder": str(ae_path)}, wrap=_TeacherDDP)
+    ae = ae.to(trainer.device)
+    train = LatentClips(_open(data, "train", cfg.max_train_episodes, ("frames", "actions")), ae, trainer.device)
+    val = LatentClips(_open(data, "val", cfg.max_val_episodes, ("frames", "actions", "semantic")), ae, trainer.device)
+    rng = np.random.default_rng(cfg.seed + 1000 * trainer.rank + trainer.step)
+    gen = torch.Generator().manual_seed(cfg.seed + 7919 * trainer.rank + trainer.step)
+    per_rank = max(1, cfg.batch // trainer.world)
+    sampler = FlowSampler(steps=1)
+    bar = _bar(cfg.steps, trainer.step, progress and trainer.rank == 0, "dit")
+    t0, seen = time.perf_counter(), 0
+    while trainer.step < cfg.steps:
+        z, a, _ = train.sample(rng, per_rank, cfg.clip_len)
+        z, a = z.to(trainer.device), a.to(trainer.device)
+        ctx = None
+        if trainer.step >= cfg.self_rollout_after * cfg.steps and rng.random() < cfg.self_rollout_prob:
+            with trainer.autocast():
+                ctx = _self_rollout_context(trainer.model, z, a, sampler).float()
+        with trainer.autocast():
+            loss, parts = dit_loss(trainer.net, z, a, cfg, ctx=ctx, generator=gen)
+        gn = trainer.update(loss)
+        seen += per_rank * trainer.world * cfg.clip_len
+        if trainer.step % cfg.log_every == 0:
+            fps = seen / (time.perf_counter() - t0)
+            trainer.log({"loss": loss.item(), "grad_norm": gn, "target_frames_per_s": fps, "self_rollout": ctx is not None, **parts})
+            if bar:
+                bar.set_postfix(loss=f"{loss.item():.4f}", fps=f"{fps:.0f}")
+        if bar:
+            bar.update(1)
+        if trainer.step % cfg.val_every == 0 or trainer.step == cfg.steps:
+            validate_dit(trainer, ae, val, cfg)
+        if trainer.step % cfg.ckpt_every == 0 or trainer.step == cfg.steps:
+            trainer.save()
+    if bar:
+        bar.close()
+    out_path = Path(out) / "dit.safetensors"
+    trainer.export(out_path)
+    return out_path
+
+
+@torch.no_grad()
+def validate_dit(trainer: Trainer, ae: Autoencoder, val: LatentClips, cfg: TrainConfig, n_clips: int = 32,
+                 steps: tuple[int, ...] = (1, 2, 4)) -> dict[str, float]:
+    """One-step teacher-forced checks against the floor (copy last frame) and ceiling (AE recon of the truth)."""
+    if trainer.rank != 0:
+        return {}
+    model = trainer.ema
+    rng = np.random.default_rng(12345)
+    z, a, origins = val.sample(rng, n_clips, cfg.clip_len)
+    z, a = z.to(trainer.device), a.to(trainer.device)
+    B, T = z.shape[:2]
+    gen = torch.Generator().manual_seed(0)
+    rec: dict[str, float] = {}
+    # latent MSE of the last frame predicted from pure noise, vs copying the previous latent
+    rec["lat_mse_copy"] = (z[:, -1] - z[:, -2]).pow(2).mean().item()
+    preds = {}
+    for n in steps:
+        sampler = FlowSampler(steps=n)
+        x = torch.randn(z.shape, generator=gen).to(z.device)
+        ts = sampler.timesteps()
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            with trainer.autocast():
+                x0 = model.forward_teacher(z, torch.zeros(B, T, device=z.device), x, torch.full((B, T), t, device=z.device), a).float()
+            x = sampler.step(x, x0, t, t_next, torch.randn(z.shape, generator=gen).to(z.device))
+        preds[n] = x
+        rec[f"lat_mse_{n}step"] = (x[:, -1] - z[:, -1]).pow(2).mean().item()
+    # pixel/tile metrics of the last frame (one step ahead, real context)
+    true = np.stack([val.frames[e][s + T - 1] for e, s in origins])  # (B,H,W,3)
+    prev = np.stack([val.frames[e][s + T - 2] for e, s in origins])
+    ceil = tensor_to_frames(ae.decode(z[:, -1])).cpu().numpy()
+    best = max(steps)
+    pred = tensor_to_frames(ae.decode(preds[best][:, -1])).cpu().numpy()
+    rec["psnr_copy"] = float(np.mean([_psnr(p, t) for p, t in zip(prev, true)]))
+    rec[f"psnr_{best}step"] = float(np.mean([_psnr(p, t) for p, t in zip(pred, true)]))
+    rec["psnr_ceiling"] = float(np.mean([_psnr(p, t) for p, t in zip(ceil, true)]))
+    for name, frames in (("copy", prev), (f"{best}step", pred), ("ceiling", ceil)):
+        rec.update({f"{k}_{name}": v for k, v in _tile_metrics(frames[:, None], true[:, None]).items()})
+    trainer.log({"val": True, **rec})
+    _save_grid(trainer.run_dir / "val" / f"dit-{trainer.step:07d}.png", [true[:8], pred[:8], prev[:8]])
+    print(f"[val step {trainer.step}] " + " ".join(f"{k}={v:.4f}" for k, v in rec.items() if isinstance(v, float)))
+    return rec
+
+
+def _bar(total: int, start: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True, mininterval=2.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`worldsim train autoencoder|dit` arguments."""
+    p.add_argument("stage", choices=["autoencoder", "dit"], help="what to train")
+    p.add_argument("--data", required=True, help="dataset directory written by `worldsim record`")
+    p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
+    p.add_argument("--preset", default="small", help="training preset: tiny | small")
+    p.add_argument("--ae", help="autoencoder checkpoint (required for dit)")
+    p.add_argument("--init", help="start the DiT from these weights (a fresh run only)")
+    p.add_argument("--steps", type=int, help="override the number of steps")
+    p.add_argument("--batch", type=int, help="override the batch size")
+    p.add_argument("--lr", type=float, help="override the learning rate")
+    p.add_argument("--no-bf16", action="store_true", help="train in float32")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `worldsim train`."""
+    cfg = preset(TRAIN_PRESETS[args.stage], args.preset, f"{args.stage} training")
+    over = {k: v for k, v in (("steps", args.steps), ("batch", args.batch), ("lr", args.lr)) if v is not None}
+    if args.no_bf16:
+        over["bf16"] = False
+    cfg = replace(cfg, **over)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1"))))
+    if args.stage == "autoencoder":
+        path = train_autoencoder(args.data, args.out, cfg, progress=not args.no_progress)
+    else:
+        if not args.ae:
+            raise SystemExit("worldsim train dit: --ae PATH (the autoencoder checkpoint) is required")
+        path = train_dit(args.data, args.ae, args.out, cfg, progress=not args.no_progress, init=args.init)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {path}")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
