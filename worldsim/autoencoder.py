@@ -24,8 +24,8 @@ class AEConfig:
     image_size: int = 72
     patch: int = 8  # stride: 72 / 8 = a 9x9 latent grid, one token per tile
     latent_channels: int = 16
-    enc_channels: tuple[int, ...] = (32, 64, 128)  # widths of the three stride-2 stages
-    dec_channels: int = 192
+    enc_hidden: int = 256
+    dec_hidden: int = 256
     latent_noise: float = 0.1  # training-time noise on latents: a smooth, diffusion-friendly code
     latent_l2: float = 1e-3  # keeps the raw latent scale near 1
 
@@ -38,54 +38,52 @@ class AEConfig:
         """Raise ValueError for inconsistent sizes."""
         if self.image_size % self.patch:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch {self.patch}")
-        if 2 ** len(self.enc_channels) != self.patch:
-            raise ValueError(f"{len(self.enc_channels)} stride-2 stages give stride {2 ** len(self.enc_channels)}, not patch {self.patch}")
 
 
 AE_PRESETS: dict[str, AEConfig] = {
-    "tiny": AEConfig(latent_channels=8, enc_channels=(8, 16, 16), dec_channels=32),
+    "tiny": AEConfig(latent_channels=8, enc_hidden=32, dec_hidden=32),
     "small": AEConfig(),
 }
 
 
-def _conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8 if cout % 8 == 0 else 1, cout), nn.GELU())
-
-
 class Autoencoder(nn.Module):
-    """Frames uint8-range float (B,3,S,S) in [0,1] <-> latents (B,C,g,g), normalized per channel."""
+    """Frames (B,3,S,S) in [0,1] <-> latents (B,C,g,g), normalized per channel.
+
+    Both directions are per-tile MLPs (patch = tile): Crafter tiles are drawn independently, so a tile's
+    token needs only its own pixels. Per-token matmuls are what CPUs do fastest. A learned per-position
+    embedding covers the screen-position effects (the night vignette, the inventory rows).
+    """
 
     def __init__(self, cfg: AEConfig):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        layers: list[nn.Module] = [_conv_block(3, cfg.enc_channels[0], 1)]
-        cin = cfg.enc_channels[0]
-        for c in cfg.enc_channels:
-            layers += [_conv_block(cin, c, 2), _conv_block(c, c, 1)]
-            cin = c
-        layers.append(nn.Conv2d(cin, cfg.latent_channels, 1))
-        self.encoder = nn.Sequential(*layers)
-        g, d, p = cfg.grid, cfg.dec_channels, cfg.patch
-        self.dec_in = nn.Conv2d(cfg.latent_channels, d, 1)
-        self.dec_pos = nn.Parameter(torch.zeros(1, d, g, g))
-        self.dec_ctx = nn.Conv2d(d, d, 3, padding=1)
-        self.dec_mid = nn.Conv2d(d, d, 1)
-        self.dec_out = nn.Conv2d(d, 3 * p * p, 1)
+        p, g = cfg.patch, cfg.grid
+        pix = 3 * p * p
+        e, d = cfg.enc_hidden, cfg.dec_hidden
+        self.enc_in = nn.Linear(pix, e)
+        self.enc_pos = nn.Parameter(torch.zeros(g * g, e))
+        self.encoder = nn.Sequential(nn.GELU(), nn.Linear(e, e), nn.GELU(), nn.Linear(e, cfg.latent_channels))
+        self.dec_in = nn.Linear(cfg.latent_channels, d)
+        self.dec_pos = nn.Parameter(torch.zeros(g * g, d))
+        self.decoder = nn.Sequential(nn.GELU(), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d), nn.GELU(), nn.Linear(d, pix))
         # Latent statistics over the training data, set after training (used to normalize for the DiT).
         self.register_buffer("latent_mean", torch.zeros(cfg.latent_channels))
         self.register_buffer("latent_std", torch.ones(cfg.latent_channels))
 
     def encode_raw(self, x: torch.Tensor) -> torch.Tensor:
         """(B,3,S,S) in [0,1] -> raw latents (B,C,g,g)."""
-        return self.encoder(x * 2 - 1)
+        B, g = x.shape[0], self.cfg.grid
+        t = F.pixel_unshuffle(x * 2 - 1, self.cfg.patch).flatten(2).transpose(1, 2)  # (B,g*g,3*p*p)
+        z = self.encoder(self.enc_in(t) + self.enc_pos)  # (B,g*g,C)
+        return z.transpose(1, 2).reshape(B, -1, g, g)
 
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
         """Raw latents (B,C,g,g) -> (B,3,S,S) in ~[0,1] (not clamped)."""
-        h = F.gelu(self.dec_in(z) + self.dec_pos)  # (B,d,g,g)
-        h = h + F.gelu(self.dec_ctx(h))
-        h = F.gelu(self.dec_mid(h))
-        return F.pixel_shuffle(self.dec_out(h), self.cfg.patch) + 0.5  # (B,3,S,S)
+        B, g = z.shape[0], self.cfg.grid
+        h = self.dec_in(z.flatten(2).transpose(1, 2)) + self.dec_pos  # (B,g*g,d)
+        y = self.decoder(h)  # (B,g*g,3*p*p)
+        return F.pixel_shuffle(y.transpose(1, 2).reshape(B, -1, g, g), self.cfg.patch) + 0.5
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B,3,S,S) in [0,1] -> normalized latents (B,C,g,g) (~zero mean, unit std per channel)."""

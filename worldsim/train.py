@@ -297,13 +297,13 @@ def _tile_metrics(pred: np.ndarray, true: np.ndarray, **kw) -> dict[str, float]:
 # autoencoder
 
 
-def train_autoencoder(data: str, out: str, cfg: TrainConfig, progress: bool = True) -> Path:
+def train_autoencoder(data: str, out: str, cfg: TrainConfig, progress: bool = True, val_data: str | None = None) -> Path:
     """Train the frame autoencoder; -> path of the exported EMA model (out/autoencoder.safetensors)."""
     model_cfg = ae_preset(cfg.model)
     torch.manual_seed(cfg.seed)
     trainer = Trainer("autoencoder", Autoencoder(model_cfg), model_cfg, cfg, Path(out), {"data": str(data)})
     train = _open(data, "train", cfg.max_train_episodes, ("frames", "daylight"))
-    val = _open(data, "val", cfg.max_val_episodes, ("frames", "daylight", "semantic"))
+    val = _open(val_data or data, "val", cfg.max_val_episodes, ("frames", "daylight", "semantic"))
     frames = np.concatenate([e["frames"] for e in train.episodes])  # (N,S,S,3)
     vframes = np.concatenate([e["frames"] for e in val.episodes])
     vday = np.concatenate([e["daylight"] for e in val.episodes])
@@ -462,7 +462,8 @@ def _self_rollout_context(model: CausalDiT, z: torch.Tensor, actions: torch.Tens
     return out
 
 
-def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: bool = True, init: str | None = None) -> Path:
+def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: bool = True, init: str | None = None,
+              val_data: str | None = None) -> Path:
     """Train the DiT on AE latents; -> path of the exported EMA model (out/dit.safetensors)."""
     model_cfg = dit_preset(cfg.model)
     ae = load_autoencoder(ae_path)
@@ -476,7 +477,7 @@ def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: boo
     trainer = Trainer("dit", dit, model_cfg, cfg, Path(out), {"data": str(data), "autoencoder": str(ae_path)}, wrap=_TeacherDDP)
     ae = ae.to(trainer.device)
     train = LatentClips(_open(data, "train", cfg.max_train_episodes, ("frames", "actions")), ae, trainer.device)
-    val = LatentClips(_open(data, "val", cfg.max_val_episodes, ("frames", "actions", "semantic")), ae, trainer.device)
+    val = LatentClips(_open(val_data or data, "val", cfg.max_val_episodes, ("frames", "actions", "semantic")), ae, trainer.device)
     rng = np.random.default_rng(cfg.seed + 1000 * trainer.rank + trainer.step)
     gen = torch.Generator().manual_seed(cfg.seed + 7919 * trainer.rank + trainer.step)
     per_rank = max(1, cfg.batch // trainer.world)
@@ -571,6 +572,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """`worldsim train autoencoder|dit` arguments."""
     p.add_argument("stage", choices=["autoencoder", "dit"], help="what to train")
     p.add_argument("--data", required=True, help="dataset directory written by `worldsim record`")
+    p.add_argument("--val-data", help="dataset holding the validation split (default: --data)")
     p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
     p.add_argument("--preset", default="small", help="training preset: tiny | small")
     p.add_argument("--ae", help="autoencoder checkpoint (required for dit)")
@@ -591,11 +593,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = replace(cfg, **over)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1"))))
     if args.stage == "autoencoder":
-        path = train_autoencoder(args.data, args.out, cfg, progress=not args.no_progress)
+        path = train_autoencoder(args.data, args.out, cfg, progress=not args.no_progress, val_data=args.val_data)
     else:
         if not args.ae:
             raise SystemExit("worldsim train dit: --ae PATH (the autoencoder checkpoint) is required")
-        path = train_dit(args.data, args.ae, args.out, cfg, progress=not args.no_progress, init=args.init)
+        path = train_dit(args.data, args.ae, args.out, cfg, progress=not args.no_progress, init=args.init, val_data=args.val_data)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {path}")
     if torch.distributed.is_initialized():
