@@ -304,9 +304,8 @@ def train_autoencoder(data: str, out: str, cfg: TrainConfig, progress: bool = Tr
     trainer = Trainer("autoencoder", Autoencoder(model_cfg), model_cfg, cfg, Path(out), {"data": str(data)})
     train = _open(data, "train", cfg.max_train_episodes, ("frames", "daylight"))
     val = _open(val_data or data, "val", cfg.max_val_episodes, ("frames", "daylight", "semantic"))
-    frames = np.concatenate([e["frames"] for e in train.episodes])  # (N,S,S,3)
-    vframes = np.concatenate([e["frames"] for e in val.episodes])
-    vday = np.concatenate([e["daylight"] for e in val.episodes])
+    frames = train.array("frames")  # (N,S,S,3): all episodes back to back, no copy
+    vframes, vday = val.array("frames"), val.array("daylight")
     if frames.shape[1] != model_cfg.image_size:
         raise ValueError(f"dataset frames are {frames.shape[1]}px but the autoencoder preset expects {model_cfg.image_size}px")
     rng = np.random.default_rng(cfg.seed + 1000 * trainer.rank)
@@ -570,28 +569,38 @@ def _bar(total: int, start: int, enabled: bool, desc: str):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """`worldsim train autoencoder|dit` arguments."""
-    p.add_argument("stage", choices=["autoencoder", "dit"], help="what to train")
-    p.add_argument("--data", required=True, help="dataset directory written by `worldsim record`")
+    p.add_argument("stage", choices=["autoencoder", "dit", "package"],
+                   help="what to train (package: assemble a playable world dir from trained weights)")
+    p.add_argument("--data", help="dataset directory written by `worldsim record` (autoencoder, dit)")
     p.add_argument("--val-data", help="dataset holding the validation split (default: --data)")
-    p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint)")
+    p.add_argument("--out", required=True, help="run directory (resumes if it holds a checkpoint); for package: the world dir")
     p.add_argument("--preset", default="small", help="training preset: tiny | small")
     p.add_argument("--ae", help="autoencoder checkpoint (required for dit)")
+    p.add_argument("--dit", help="DiT checkpoint (package)")
+    p.add_argument("--opening-data", help="dataset whose first val episode gives the opening frames (package)")
+    p.add_argument("--model-card", help="MODEL_CARD.md to copy into the world (package)")
     p.add_argument("--init", help="start the DiT from these weights (a fresh run only)")
     p.add_argument("--steps", type=int, help="override the number of steps")
     p.add_argument("--batch", type=int, help="override the batch size")
     p.add_argument("--lr", type=float, help="override the learning rate")
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
+    p.add_argument("--threads", type=int, help="torch threads per process (default: cores / processes; 1 is much "
+                   "faster when other jobs share the cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `worldsim train`."""
+    if args.stage == "package":
+        return _run_package(args)
+    if not args.data:
+        raise SystemExit(f"worldsim train {args.stage}: --data DIR is required")
     cfg = preset(TRAIN_PRESETS[args.stage], args.preset, f"{args.stage} training")
     over = {k: v for k, v in (("steps", args.steps), ("batch", args.batch), ("lr", args.lr)) if v is not None}
     if args.no_bf16:
         over["bf16"] = False
     cfg = replace(cfg, **over)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1"))))
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1"))))
     if args.stage == "autoencoder":
         path = train_autoencoder(args.data, args.out, cfg, progress=not args.no_progress, val_data=args.val_data)
     else:
@@ -602,4 +611,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    return 0
+
+
+def _run_package(args: argparse.Namespace) -> int:
+    from worldsim.package import opening_from_dataset, package_world
+
+    if not (args.ae and args.dit and args.opening_data):
+        raise SystemExit("worldsim train package: --ae, --dit and --opening-data are required")
+    _, meta = load_checkpoint(args.dit, kind="dit")
+    clip_len = int(meta.get("train", {}).get("clip_len", 8))
+    out = package_world(args.out, args.ae, args.dit, opening_from_dataset(args.opening_data), max_window=clip_len - 1,
+                        model_card=args.model_card)
+    print(f"wrote world {out}")
     return 0
