@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from engine.graphs import GRAPH_NAMES, OPSET, weights_hash
+from engine.graphs import GRAPH_IO, GRAPH_NAMES, OPSET, weights_hash
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
@@ -50,7 +50,8 @@ class TorchBackend:
         from engine.graphs import DecoderGraph, EncoderGraph
 
         if threads:
-            torch.set_num_threads(threads)
+            torch.set_num_threads(threads)  # process-wide: torch has one intra-op pool
+        self.threads = torch.get_num_threads()
         self.torch = torch
         self.device = torch.device(device)
         self.encoder = EncoderGraph(ae).to(self.device).eval()
@@ -90,9 +91,12 @@ class OrtBackend:
         except ImportError as e:  # pragma: no cover - onnxruntime is a core dependency
             raise BackendUnavailable(f"onnxruntime is not installed: {e}") from None
         graph_dir = Path(graph_dir)
+        self.graph_dir = graph_dir
+        self.threads = threads or min(os.cpu_count() or 1, 4)
+        self.spinning = spinning
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
+        so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         # spinning threads burn the cores between calls; measured faster with it off when sessions alternate
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
@@ -105,6 +109,10 @@ class OrtBackend:
                 self.sessions[name] = ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
             except Exception as e:  # onnxruntime raises its own exception types for corrupt graphs
                 raise ValueError(f"ONNX graph {path} is corrupt or invalid: {e}") from None
+            sess = self.sessions[name]
+            io_names = (tuple(i.name for i in sess.get_inputs()), tuple(o.name for o in sess.get_outputs()))
+            if io_names != GRAPH_IO[name]:
+                raise ValueError(f"ONNX graph {path} has inputs/outputs {io_names}, expected {GRAPH_IO[name]}")
 
     def encode(self, frames: np.ndarray) -> np.ndarray:
         """uint8 (B,H,W,3) -> float32 (B,C,g,g)."""
@@ -124,11 +132,26 @@ class OrtBackend:
 
 
 def onnx_cache_key(ae_path: Path, dit_path: Path) -> str:
-    """Key of the cached graphs: weights + configs (inside the files) + exporter versions."""
+    """Key of the cached graphs: weights + configs (inside the files) + exporter versions + the source of
+    the modules that define the graphs (a model code change must never reuse graphs exported from old code)."""
     import onnx
     import torch
 
-    return weights_hash(ae_path, dit_path, extra=f"torch={torch.__version__};onnx={onnx.__version__};opset={OPSET};graphs=1")[:20]
+    return weights_hash(ae_path, dit_path, extra=f"torch={torch.__version__};onnx={onnx.__version__};opset={OPSET};graphs=1;"
+                                                 f"src={_graph_source_digest()}")[:20]
+
+
+def _graph_source_digest() -> str:
+    import hashlib
+
+    import engine.graphs
+    import worldsim.autoencoder
+    import worldsim.dit
+
+    h = hashlib.sha256()
+    for mod in (worldsim.dit, worldsim.autoencoder, engine.graphs):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def ensure_onnx_graphs(world_dir: Path, ae_path: Path, dit_path: Path, load_models) -> Path:
@@ -155,8 +178,12 @@ def ensure_onnx_graphs(world_dir: Path, ae_path: Path, dit_path: Path, load_mode
         for name in GRAPH_NAMES:
             (d / f"{name}.onnx").unlink(missing_ok=True)
         (d / "done.json").unlink(missing_ok=True)
-        ae, dit = load_models()
-        export_onnx(ae, dit, d)
+        try:
+            ae, dit = load_models()  # clear CheckpointErrors for bad weights
+            export_onnx(ae, dit, d)
+        except BaseException:
+            shutil.rmtree(d, ignore_errors=True)  # leave no half-built entry behind
+            raise
         from worldsim.io import atomic_write_json
 
         atomic_write_json(d / "done.json", {"key": key, "graphs": list(GRAPH_NAMES)})

@@ -23,6 +23,12 @@ from worldsim.dit import CausalDiT
 
 GRAPH_NAMES = ("encoder", "dit", "decoder")
 OPSET = 17
+# input and output names of each graph (graph_specs gives their shapes); a backend checks a loaded graph against them
+GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "encoder": (("frames",), ("latents",)),
+    "dit": (("x", "sigma", "actions", "past_k", "past_v", "past_t", "past_valid", "past_shift"), ("x0", "k", "v")),
+    "decoder": (("latents",), ("frames",)),
+}
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,7 @@ def export_onnx(ae: Autoencoder, dit: CausalDiT, out_dir: str | os.PathLike) -> 
         args = tuple(_example(s, sizes) for s in ins)
         dyn = {s.name: {i: a for i, a in enumerate(s.shape) if isinstance(a, str)} for s in (*ins, *outs)}
         path = out_dir / f"{name}.onnx"
-        tmp = out_dir / f".{name}.onnx.tmp"
+        tmp = out_dir / f".{name}.onnx.{os.getpid()}.tmp"  # per process: two builders never share a temp file
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(modules[name].eval(), args, str(tmp), input_names=[s.name for s in ins],

@@ -21,24 +21,37 @@ def make_tiny_world(path: str | os.PathLike, seed: int = 0, opening: np.ndarray 
 
     The zero-initialised output layers are randomised so that actions and context visibly change frames.
     """
+    return make_random_world(path, dit="tiny", ae="tiny", seed=seed, opening=opening, frames=frames)
+
+
+def make_random_world(path: str | os.PathLike, dit: str = "tiny", ae: str | None = None, seed: int = 0,
+                      opening: np.ndarray | None = None, frames: int = 4) -> Path:
+    """Write a world dir with random weights of the named DiT/autoencoder presets (ae defaults to the
+    preset of the same name, else "small"); -> path. Deterministic for a seed. For tests and benchmarks."""
+    from worldsim.autoencoder import AE_PRESETS
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
-    ae = Autoencoder(ae_preset("tiny"))
-    dit = CausalDiT(dit_preset("tiny"))
+    with torch.random.fork_rng(devices=[]):  # seed the modules' own init without touching the caller's RNG
+        torch.manual_seed(seed)
+        ae_model = Autoencoder(ae_preset(ae or (dit if dit in AE_PRESETS else "small")))
+        dit_model = CausalDiT(dit_preset(dit))
+    # 0.2 suits d_model=32 (tiny); scale down for wider models so activations stay O(1)
+    std = 0.2 * min(1.0, (32 / dit_model.cfg.d_model) ** 0.5)
     with torch.no_grad():
-        for m in (ae, dit):
+        for m in (ae_model, dit_model):
             for name, p in m.named_parameters():
                 if p.dim() >= 1 and float(p.abs().sum()) == 0.0 and "latent" not in name:
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    save_checkpoint(path / "autoencoder.safetensors", dict(ae.state_dict()), {"kind": "autoencoder", "config": config_to_dict(ae.cfg)})
-    save_checkpoint(path / "dit.safetensors", dict(dit.state_dict()), {"kind": "dit", "config": config_to_dict(dit.cfg)})
+                    p.copy_(torch.randn(p.shape, generator=g) * std)
+    save_checkpoint(path / "autoencoder.safetensors", dict(ae_model.state_dict()), {"kind": "autoencoder", "config": config_to_dict(ae_model.cfg)})
+    save_checkpoint(path / "dit.safetensors", dict(dit_model.state_dict()), {"kind": "dit", "config": config_to_dict(dit_model.cfg)})
     if opening is None:
         rng = np.random.default_rng(seed)
-        s = ae.cfg.image_size
+        s = ae_model.cfg.image_size
         opening = rng.integers(0, 256, (frames, s, s, 3), dtype=np.uint8)
     actions = np.array([0] * (len(opening) - 1) + [NULL_ACTION], np.int64)
     np.savez_compressed(path / "opening.npz", frames=opening, actions=actions)
-    atomic_write_json(path / "world.json", {"format": "worldsim-world", "version": 1, "name": "tiny-random", "autoencoder": "autoencoder.safetensors",
+    atomic_write_json(path / "world.json", {"format": "worldsim-world", "version": 1, "name": f"{dit}-random", "autoencoder": "autoencoder.safetensors",
                                             "dit": "dit.safetensors", "opening": "opening.npz", "max_window": 8, "tick_hz": 8.0})
     return path
