@@ -1,0 +1,163 @@
+"""Protocols and report end to end on a short held-out episode: the real game scores 1, copy-last scores
+what an independent computation gives, the report has its schema, and the CLI runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from worldsim.eval import metrics as M
+from worldsim.eval import protocols as P
+from worldsim.eval.reference import CopyLastWorld, RealGameWorld
+from worldsim.eval.report import REQUIRED_KEYS, check_report, make_report, write_report
+from worldsim.eval.tiles import classify_tiles
+
+# One 320-frame held-out episode holds a whole revisit (placed ~84, back in view ~199).
+CFG = P.EvalConfig(name="test", episodes=1, episode_len=320, context=8, one_step=24, rollouts=2, rollout_len=32,
+                   horizons=(8, 32), revisits=2, look_max=10, long_runs=1, long_run_len=120, long_run_window=40)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("eval-cache")
+
+
+@pytest.fixture(scope="module")
+def episodes(cache):
+    eps = P.load_episodes(cache, CFG, progress=False, log=lambda m: None)
+    assert len(eps) == 1 and eps[0].seed == P.EVAL_SEEDS_START and len(eps[0]) == CFG.episode_len
+    assert len(eps[0].revisit_events) >= 1, "the explorer policy should complete a revisit in 320 frames"
+    return eps
+
+
+@pytest.fixture(scope="module")
+def results(episodes):
+    return P.evaluate(RealGameWorld(episodes), episodes, CFG, progress=False, log=lambda m: None)
+
+
+def test_real_game_scores_perfect(results):
+    res, _ = results
+    one = res["one_step"]["model"]
+    assert one["samples"] == CFG.one_step
+    for k in ("tile_all", "tile_non_grass", "tile_persistent", "ssim", "action_following", "inventory_exact",
+              "lighting_match", "follow_moved"):
+        assert one[k] == 1.0, k
+    assert one["psnr"] == M.PSNR_CAP and one["unexplained"] == 0.0
+    for h in CFG.horizons:
+        r = res["rollouts"]["model"]["horizons"][str(h)]
+        assert r["tile_all"] == 1.0 and r["psnr"] == M.PSNR_CAP and r["ssim"] == pytest.approx(1.0)
+    rv = res["revisits"]["model"]
+    assert rv["events"] >= 1 and rv["revisit_block_kept_n"] > 0
+    assert rv["revisit_block_kept"] == 1.0 and rv["revisit_area"] == 1.0
+    lr = res["long_run"]["model"]
+    assert lr["open_loop_following"] == 1.0
+    assert all(w["tile_all"] == 1.0 and w["unexplained"] == 0.0 for w in lr["windows"])
+    assert res["classifier"]["accuracy_day"] == 1.0
+
+
+def test_copy_last_matches_an_independent_computation(results, episodes):
+    res, _ = results
+    ep = episodes[0]
+    one = res["one_step"]["copy_last"]
+    t = np.array([p[1] for p in one["points"]])
+    assert one["psnr"] == pytest.approx(M.psnr(ep.frames[t], ep.frames[t + 1]).mean())
+    independent = (classify_tiles(ep.frames[t]) == classify_tiles(ep.frames[t + 1])).mean()
+    assert one["tile_all"] == pytest.approx(independent, abs=0.01)
+    assert one["follow_moved"] == 0.0 and one["follow_still"] == 1.0
+    rol = res["rollouts"]["copy_last"]
+    s = np.array([p[1] for p in rol["starts"]])
+    for h in (1, 8, 32):
+        expect = M.psnr(ep.frames[s], ep.frames[s + h]).mean()
+        assert rol["curves"]["psnr"][h - 1] == pytest.approx(expect)
+    # the copy-last frame is a real frame: always explained, never a plausible-world failure
+    assert all(w["unexplained"] == 0.0 for w in res["long_run"]["copy_last"]["windows"])
+    assert res["revisits"]["copy_last"]["revisit_block_kept"] < 1.0
+
+
+def test_report_schema(results, tmp_path):
+    res, samples = results
+    report = make_report(res, {"name": "real game (oracle)", "path": None}, CFG.name, seconds=1.0)
+    paths = write_report(tmp_path, report, samples)
+    data = json.loads((tmp_path / "report.json").read_text())
+    check_report(data)
+    assert set(REQUIRED_KEYS) <= set(data)
+    assert set(data["results"]) >= {"classifier", "one_step", "rollouts", "revisits", "long_run", "config"}
+    for name in ("one_step", "rollouts", "revisits", "long_run"):
+        assert set(data["results"][name]) >= {"model", "copy_last"}
+    assert set(data["results"]["rollouts"]["model"]["horizons"]) == {str(h) for h in CFG.horizons}
+    assert len(data["results"]["rollouts"]["model"]["curves"]["psnr"]) == CFG.rollout_len
+    from PIL import Image
+
+    assert set(data["plots"]) == {"horizon.png", "rollout_samples.png", "one_step.png", "revisit.png", "long_run.png"}
+    for name in data["plots"]:
+        with Image.open(tmp_path / name) as im:
+            assert im.size[0] > 100 and im.size[1] > 100
+    md = (tmp_path / "report.md").read_text()
+    assert "| metric | model | copy-last |" in md and "![revisit example](revisit.png)" in md
+    assert len(paths) == 2 + len(data["plots"])
+    del data["results"]["one_step"]["copy_last"]
+    with pytest.raises(ValueError, match="copy_last"):
+        check_report(data)
+
+
+def test_sessions_follow_the_duck_typed_api(episodes):
+    ep = episodes[0]
+    frames, acts = ep.context(50, 8)
+    assert len(frames) == 8 and acts[-1] is None and len(acts) == 8
+    for world in (CopyLastWorld(ep.frames.shape[1:]), RealGameWorld(episodes)):
+        s = world.new_session(context=frames, actions=acts)
+        snap = s.snapshot()
+        a = [s.step(n) for n in ("move_left", "do", 3)]
+        s.restore(snap)
+        b = [s.step(n) for n in ("move_left", "do", 3)]
+        assert all(np.array_equal(x, y) for x, y in zip(a, b)) and a[0].shape == ep.frames.shape[1:]
+        with pytest.raises(ValueError, match="valid actions"):
+            s.step("jump")
+    real = RealGameWorld(episodes).new_session(context=frames, actions=acts)
+    np.testing.assert_array_equal(real.step(int(ep.actions[50])), ep.frames[51])
+    with pytest.raises(ValueError, match="not a frame"):
+        RealGameWorld(episodes).new_session(context=np.zeros((1, 72, 72, 3), np.uint8))
+
+
+def test_held_out_seeds_only():
+    with pytest.raises(ValueError, match="1000000"):
+        dataclasses.replace(CFG, seed=5)
+
+
+def test_cli_reference_and_engine_worlds(cache, episodes, tmp_path, monkeypatch):
+    from worldsim.cli import main
+
+    monkeypatch.setitem(P.EVAL_PRESETS, "quick", CFG)
+    out = tmp_path / "copy"
+    rc = main(["eval", "--world", "copy-last", "--quick", "--out", str(out), "--cache", str(cache), "--no-progress",
+               "--protocols", "one_step,rollouts"])
+    assert rc == 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["world"]["name"] == "copy-last" and set(data["results"]) >= {"one_step", "rollouts"}
+    assert "revisits" not in data["results"]
+    # an engine world (tiny, random weights) through the same command
+    from engine.testing import make_tiny_world
+
+    wdir = make_tiny_world(tmp_path / "tiny")
+    out2 = tmp_path / "tiny-report"
+    rc = main(["eval", "--world", str(wdir), "--quick", "--out", str(out2), "--cache", str(cache), "--no-progress",
+               "--protocols", "one_step"])
+    assert rc == 0
+    data = json.loads((out2 / "report.json").read_text())
+    assert data["world"]["kind"] == "engine"
+    assert data["results"]["one_step"]["model"]["psnr"] < data["results"]["one_step"]["copy_last"]["psnr"]
+    # bad input: clear errors, exit code 2
+    assert main(["eval", "--world", "copy-last", "--out", str(tmp_path / "x"), "--seed", "12", "--cache", str(cache)]) == 2
+    assert main(["eval", "--world", "copy-last", "--out", str(tmp_path / "x"), "--protocols", "dance",
+                 "--cache", str(cache)]) == 2
+
+
+def test_protocols_do_not_import_the_engine():
+    code = ("import sys, worldsim.eval.protocols, worldsim.eval.report, worldsim.eval.reference; "
+            "sys.exit(1 if any(m == 'engine' or m.startswith('engine.') for m in sys.modules) else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

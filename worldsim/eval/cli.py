@@ -1,0 +1,142 @@
+"""`worldsim eval`: measure a world against the real game on held-out seeds; write a JSON + Markdown report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REFERENCE_WORLDS = ("copy-last", "real")
+
+
+def default_cache_dir() -> Path:
+    """Where held-out episodes are cached: $WORLDSIM_CACHE/eval or ~/.cache/worldsim/eval."""
+    root = os.environ.get("WORLDSIM_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "worldsim") / "eval"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `worldsim eval`."""
+    parser.add_argument("--world", default=None,
+                        help="world directory (default: the shipped world), or 'copy-last' / 'real' for the reference worlds")
+    parser.add_argument("--out", required=True, help="output directory for report.json, report.md and the PNG plots")
+    parser.add_argument("--quick", action="store_true", help="a few minutes: fewer episodes, samples and rollouts")
+    parser.add_argument("--episodes", type=int, default=None, help="held-out episodes to record/use (default: preset)")
+    parser.add_argument("--seed", type=int, default=1_000_000, help="env seed of the first held-out episode (>= 1000000)")
+    parser.add_argument("--context", type=int, default=None, help="real context frames per session (default 16, capped by the world's window)")
+    parser.add_argument("--protocols", default="one_step,rollouts,revisits,long_run",
+                        help="comma-separated subset of one_step,rollouts,revisits,long_run")
+    parser.add_argument("--cache", default=None, help=f"held-out data cache (default {default_cache_dir()})")
+    parser.add_argument("--backend", default=None, help="engine backend for --world (default: the best available)")
+    parser.add_argument("--preset", default=None, help="engine runtime preset for --world (default: the engine's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _config(args: argparse.Namespace):
+    from worldsim.eval.protocols import EVAL_PRESETS
+
+    cfg = EVAL_PRESETS["quick" if args.quick else "full"]
+    changes: dict[str, Any] = {"seed": args.seed}
+    if args.episodes is not None:
+        changes["episodes"] = args.episodes
+    if args.context is not None:
+        changes["context"] = args.context
+    return dataclasses.replace(cfg, **changes)
+
+
+def _load_engine_world(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """Load an engine world directory (the default world when --world is not given)."""
+    import engine  # only the CLI touches the engine; the protocols take any world with the session API
+
+    kwargs: dict[str, Any] = {}
+    if args.backend:
+        kwargs["backend"] = args.backend
+    if args.preset:
+        kwargs["preset"] = args.preset
+    world = engine.World.load(args.world, **kwargs)
+    path = getattr(world, "path", args.world)
+    desc = {"name": getattr(world, "meta", {}).get("name") or Path(str(path)).name, "path": str(path), "kind": "engine",
+            "id": getattr(world, "id", None), "backend": getattr(world, "backend_name", None),
+            "preset": getattr(world, "preset_name", None)}
+    return world, desc
+
+
+def _reference_world(name: str, episodes) -> tuple[Any, dict[str, Any]]:
+    """The copy-last baseline or the real-game oracle as the evaluated world."""
+    from worldsim.eval.reference import CopyLastWorld, RealGameWorld
+
+    if name == "copy-last":
+        return CopyLastWorld(tuple(episodes[0].frames.shape[1:])), {"name": "copy-last", "path": None, "kind": "reference"}
+    return RealGameWorld(episodes), {"name": "real game (oracle)", "path": None, "kind": "reference"}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `worldsim eval`."""
+    from worldsim.eval.protocols import PROTOCOLS, evaluate, load_episodes
+    from worldsim.eval.report import make_report, write_report
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    try:
+        cfg = _config(args)
+        protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+        unknown = [p for p in protocols if p not in PROTOCOLS]
+        if unknown:
+            raise ValueError(f"--protocols: unknown {unknown}; choose from {', '.join(PROTOCOLS)}")
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} exists and is not a directory")
+        world = desc = None
+        if args.world not in REFERENCE_WORLDS:
+            # load the world first: a bad path fails before any recording, and the data matches its frame size
+            try:
+                world, desc = _load_engine_world(args)
+            except RuntimeError as e:   # e.g. engine.backends.BackendUnavailable
+                raise ValueError(f"cannot load world {args.world or '(default)'}: {e}") from None
+            size = int(getattr(world, "frame_shape", (cfg.size,))[0])
+            cfg = dataclasses.replace(cfg, size=size)
+        episodes = load_episodes(args.cache or default_cache_dir(), cfg, progress=not args.no_progress, log=log)
+        if world is None:
+            world, desc = _reference_world(args.world, episodes)
+        log(f"evaluating {desc['name']} on {len(episodes)} held-out episodes ({cfg.name} preset)")
+        results, samples = evaluate(world, episodes, cfg, protocols=protocols, progress=not args.no_progress, log=log)
+        report = make_report(results, desc, cfg.name, seconds=time.perf_counter() - t0)
+        paths = write_report(out, report, samples)
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _summary(report, log)
+    print(paths[1])
+    return 0
+
+
+def _summary(report: dict[str, Any], log) -> None:
+    """A few headline numbers on stderr."""
+    res = report["results"]
+
+    def pct(v):
+        return "–" if v is None else f"{100 * v:.1f}%"
+
+    if "one_step" in res and res["one_step"]["model"].get("samples"):
+        m, b = res["one_step"]["model"], res["one_step"]["copy_last"]
+        log(f"one-step: PSNR {m['psnr']:.2f} dB (copy-last {b['psnr']:.2f}), tiles {pct(m['tile_all'])} "
+            f"(copy-last {pct(b['tile_all'])}), action following {pct(m['action_following'])} "
+            f"(copy-last {pct(b['action_following'])})")
+    if "rollouts" in res and res["rollouts"]["model"].get("rollouts"):
+        for h, m in res["rollouts"]["model"]["horizons"].items():
+            b = res["rollouts"]["copy_last"]["horizons"][h]
+            log(f"rollout {h}: PSNR {m['psnr']:.2f} dB (copy-last {b['psnr']:.2f}), tiles {pct(m['tile_all'])} "
+                f"(copy-last {pct(b['tile_all'])})")
+    if "revisits" in res and res["revisits"]["model"].get("events"):
+        m, b = res["revisits"]["model"], res["revisits"]["copy_last"]
+        log(f"revisits: block kept {pct(m['revisit_block_kept'])} (copy-last {pct(b['revisit_block_kept'])})")
+    if "long_run" in res and res["long_run"]["model"].get("runs"):
+        m, b = res["long_run"]["model"], res["long_run"]["copy_last"]
+        log(f"long run: class TV {m['class_tv_to_real_last']:.3f} (copy-last {b['class_tv_to_real_last']:.3f}), "
+            f"unexplained {pct(m['unexplained_last'])}")
