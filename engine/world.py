@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,10 @@ class World:
         path = Path(path) if path is not None else default_world_dir()
         if not path.is_dir():
             raise FileNotFoundError(f"world directory not found: {path}")
+        if (path / "manifest.json").is_file():  # an exported bundle: validated graphs, no torch weights (issue #7)
+            from engine.bundle import load_bundle_world
+
+            return load_bundle_world(cls, path, backend, preset, threads, overrides)
         meta = read_json(path / "world.json", "world description")
         if meta.get("format") != WORLD_FORMAT:
             raise ValueError(f"{path / 'world.json'}: not a worldsim world (format {meta.get('format')!r})")
@@ -101,6 +106,10 @@ class World:
                 raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(RUNTIME_PRESETS)}")
             preset = RUNTIME_PRESETS[preset]
         if overrides:
+            unknown = sorted(set(overrides) - set(RuntimePreset.__dataclass_fields__) - {"name"})
+            if unknown or "name" in overrides:
+                raise ValueError(f"unknown World.load option(s) {unknown or ['name']}; preset overrides are "
+                                 f"{', '.join(f for f in RuntimePreset.__dataclass_fields__ if f != 'name')}")
             preset = RuntimePreset(**{**preset.__dict__, **overrides})
         max_window = int(meta.get("max_window", preset.window))
         if preset.window > max_window:
@@ -115,7 +124,14 @@ class World:
         from worldsim.autoencoder import ae_config_from_dict
         from worldsim.dit import dit_config_from_dict
 
-        ae_cfg, dit_cfg = ae_config_from_dict(ae_meta), dit_config_from_dict(dit_meta)
+        try:
+            ae_cfg = ae_config_from_dict(ae_meta)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{ae_path}: the autoencoder config does not fit this version of worldsim: {e}") from None
+        try:
+            dit_cfg = dit_config_from_dict(dit_meta)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{dit_path}: the DiT config does not fit this version of worldsim: {e}") from None
         if (ae_cfg.latent_channels, ae_cfg.grid) != (dit_cfg.latent_channels, dit_cfg.grid):
             raise ValueError(f"{path}: the autoencoder's latents ({ae_cfg.latent_channels}x{ae_cfg.grid}) do not fit the DiT "
                              f"({dit_cfg.latent_channels}x{dit_cfg.grid})")
@@ -133,14 +149,22 @@ class World:
             ae, dit = load_models()
             be = TorchBackend(ae, dit, threads=threads)
         elif name == "onnxruntime":
-            load_models()  # validate the checkpoints (clear errors) before touching the cache
+            # the cache key hashes the weight files: a cache hit means these exact files were exported (so were
+            # valid); on a miss, exporting loads them first and bad weights raise a clear CheckpointError
             graph_dir = ensure_onnx_graphs(path, ae_path, dit_path, load_models)
-            be = OrtBackend(graph_dir, threads=threads)
+            try:
+                be = OrtBackend(graph_dir, threads=threads)
+            except (ValueError, FileNotFoundError):
+                # the graphs are only a cache: one that onnxruntime cannot load is rebuilt, once
+                shutil.rmtree(graph_dir, ignore_errors=True)
+                graph_dir = ensure_onnx_graphs(path, ae_path, dit_path, load_models)
+                be = OrtBackend(graph_dir, threads=threads)
         else:
             reason = tensorrt_unavailable_reason()
             if reason:
                 raise BackendUnavailable(f"backend 'tensorrt' is unavailable: {reason}")
-            raise BackendUnavailable("backend 'tensorrt' is not built yet in this version (see issue #7); use onnxruntime or torch")
+            raise BackendUnavailable(f"backend 'tensorrt' runs exported engines, and {path} is a world directory: export a bundle on this "
+                                     f"GPU machine with `worldsim export --world {path} --format tensorrt --out BUNDLE`, then load BUNDLE")
         return cls(path, meta, be, preset, opening, ae_cfg, dit_cfg, world_id)
 
     # -- public attributes ----------------------------------------------------------------------------
@@ -219,12 +243,21 @@ class World:
             meta = json.loads(bytes(arrays.pop("meta")).decode())
         except Exception as e:
             raise ValueError(f"saved session {path} has no valid metadata: {e}") from None
-        if meta.get("format") != SESSION_FORMAT or meta.get("version") != SESSION_VERSION:
+        if not isinstance(meta, dict) or meta.get("format") != SESSION_FORMAT or meta.get("version") != SESSION_VERSION:
             raise ValueError(f"{path}: not a worldsim session file of version {SESSION_VERSION}")
-        if meta["world_id"] != self.id:
-            raise ValueError(f"{path} was saved from world {meta['world_id']}, this world is {self.id}")
-        s = Session(self, int(meta["seed"]))
-        s.restore(SessionState.from_arrays(arrays, meta))
+        if meta.get("world_id") != self.id:
+            raise ValueError(f"{path} was saved from world {meta.get('world_id')}, this world is {self.id}")
+        try:
+            state = SessionState.from_arrays(arrays, meta)
+            s = Session(self, int(meta["seed"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"saved session {path} is incomplete or corrupt: missing or bad {e}") from None
+        d = self.dit_cfg
+        want = (d.n_layers, 1, d.n_heads, state.cache.slots * d.tokens_per_frame, d.head_dim)
+        if state.cache.k.shape != want or state.cache.v.shape != want or state.frame.shape != self.frame_shape:
+            raise ValueError(f"saved session {path} does not fit this world: cache {state.cache.k.shape} (expected {want}), "
+                             f"frame {state.frame.shape} (expected {self.frame_shape})")
+        s.restore(state)
         return s
 
 
@@ -315,6 +348,8 @@ class Session:
         """Advance by one action -> uint8 (H,W,3), or by a chunk of k actions -> uint8 (k,H,W,3)."""
         if isinstance(action, (str, int, np.integer)) and not isinstance(action, bool):
             return self._step_chunk([action_index(int(action) if isinstance(action, np.integer) else action)])[0]
+        if isinstance(action, np.ndarray) and action.ndim == 1:
+            action = action.tolist()
         if isinstance(action, (list, tuple)):
             if not action:
                 raise ValueError("step() needs at least one action")
@@ -326,6 +361,9 @@ class Session:
 
     def snapshot(self) -> SessionState:
         """A copy of the whole session state."""
+        sync = getattr(self.world.backend, "sync_session", None)
+        if sync is not None:  # a backend that keeps the cache on its device (tensorrt) copies it back first
+            sync(self)
         s = self._state.copy()
         s.rng_state = self._rng.bit_generator.state
         return s
@@ -382,6 +420,11 @@ class Session:
         return time.perf_counter() - t0
 
     def _step_chunk(self, acts: list[int]) -> np.ndarray:
+        fused = getattr(self.world.backend, "step_chunk", None)
+        if fused is not None:  # the whole per-frame work on the backend's device (tensorrt: one CUDA graph)
+            frames = fused(self, acts)
+            if frames is not None:
+                return frames
         st = self._state
         w = self.world
         k = len(acts)

@@ -152,6 +152,18 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight.to(x.dtype)
 
 
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, frames: int) -> torch.Tensor:
+    """adaLN: x (B,F*N,d) with per-frame shift/scale (B,F,1,d) -> (B,F*N,d)."""
+    B, S, d = x.shape
+    return (x.view(B, frames, S // frames, d) * (1 + scale) + shift).view(B, S, d)
+
+
+def _per_frame(gate: torch.Tensor, x: torch.Tensor, frames: int) -> torch.Tensor:
+    """Multiply tokens (B,F*N,d) by a per-frame gate (B,F,1,d)."""
+    B, S, d = x.shape
+    return (x.view(B, frames, S // frames, d) * gate).view(B, S, d)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block with per-frame adaLN modulation (shift, scale, gate) x2."""
 
@@ -174,7 +186,7 @@ class Block(nn.Module):
     def forward(
         self,
         h: torch.Tensor,  # (B,S,d) tokens of the frames being computed
-        c: torch.Tensor,  # (B,S,d) per-token conditioning (each frame's vector repeated over its tokens)
+        c: torch.Tensor,  # (B,F,d) per-frame conditioning; S = F * N tokens
         ang_space: torch.Tensor,  # (S,pairs) spatial angles of these tokens (stored in keys)
         ang_time: torch.Tensor,  # (B or 1,S,pairs) time angles of these tokens (applied at use)
         past_k: torch.Tensor | None,  # (B,H,Sp,dh) spatially rotated past keys
@@ -184,8 +196,10 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (h (B,S,d), keys (B,H,S,dh) with spatial rotation only, values (B,H,S,dh))."""
         B, S, d = h.shape
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, -1)
-        x = self.norm1(h) * (1 + scale1) + shift1
+        Fn = c.shape[1]
+        # modulation is computed once per frame and broadcast over its tokens (it is the same for all)
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, :, None].chunk(6, -1)  # 6 x (B,F,1,d)
+        x = _modulate(self.norm1(h), shift1, scale1, Fn)
         q, k, v = self.qkv(x).view(B, S, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)  # 3 x (B,H,S,dh)
         q, k = self.q_norm(q), self.k_norm(k)
         k_store = rotate(k, ang_space[None, None])  # what a cache keeps
@@ -199,8 +213,8 @@ class Block(nn.Module):
             k_all, v_all = k_cur, v
         a = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask.to(q.dtype))  # (B,H,S,dh)
         a = a.transpose(1, 2).reshape(B, S, d)
-        h = h + gate1 * self.proj(a)
-        h = h + gate2 * self.mlp(self.norm2(h) * (1 + scale2) + shift2)
+        h = h + _per_frame(gate1, self.proj(a), Fn)
+        h = h + _per_frame(gate2, self.mlp(_modulate(self.norm2(h), shift2, scale2, Fn)), Fn)
         return h, k_store, v
 
 
@@ -230,18 +244,18 @@ class CausalDiT(nn.Module):
     # -- helpers ------------------------------------------------------------------------------------
 
     def _embed(self, x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B,F,C,g,g), sigma (B,F), actions (B,F) -> tokens (B,F*N,d), per-token cond (B,F*N,d)."""
+        """x (B,F,C,g,g), sigma (B,F), actions (B,F) -> tokens (B,F*N,d), per-frame cond (B,F,d)."""
         B, Fn = sigma.shape
         N = self.cfg.tokens_per_frame
         tok = self.x_in(x.flatten(3).transpose(2, 3)) + self.pos  # (B,F,N,d)
         c = self.t_mlp(timestep_embedding(sigma, self.cfg.d_model)) + self.action_emb(actions)  # (B,F,d)
         c = F.silu(c)
-        return tok.reshape(B, Fn * N, -1), c.repeat_interleave(N, dim=1)
+        return tok.reshape(B, Fn * N, -1), c
 
     def _head(self, h: torch.Tensor, c: torch.Tensor, B: int, Fn: int) -> torch.Tensor:
         """Tokens (B,F*N,d) -> x0 prediction (B,F,C,g,g)."""
-        shift, scale = self.ada_out(c).chunk(2, -1)
-        y = self.out(self.norm_out(h) * (1 + scale) + shift)  # (B,F*N,C)
+        shift, scale = self.ada_out(c)[:, :, None].chunk(2, -1)
+        y = self.out(_modulate(self.norm_out(h), shift, scale, Fn))  # (B,F*N,C)
         g = self.cfg.grid
         return y.view(B, Fn, g, g, -1).permute(0, 1, 4, 2, 3)
 
@@ -310,7 +324,7 @@ class CausalDiT(nn.Module):
         mask = self.teacher_mask(T, h.device)
         for blk in self.blocks:
             h, _, _ = blk(h, c, ang_space, ang_time, None, None, None, mask)
-        return self._head(h[:, T * N:], c[:, T * N:], B, T)
+        return self._head(h[:, T * N:], c[:, T:], B, T)
 
     def teacher_mask(self, T: int, device: torch.device | None = None) -> torch.Tensor:
         """Additive bias (1,1,2TN,2TN): ctx i -> ctx <= i; target i -> ctx < i and target i."""
