@@ -65,7 +65,7 @@ TRAIN_PRESETS: dict[str, dict[str, TrainConfig]] = {
     "dit": {
         "tiny": TrainConfig(model="tiny", steps=20, batch=4, lr=2e-3, warmup=2, clip_len=4, log_every=5, val_every=10,
                             ckpt_every=10, max_train_episodes=2, max_val_episodes=1),
-        "small": TrainConfig(model="small", steps=100000, batch=8, lr=3e-4, warmup=500, clip_len=6),
+        "small": TrainConfig(model="small", steps=30000, batch=12, lr=5e-4, warmup=300, clip_len=6, val_every=250, ckpt_every=100),
     },
 }
 
