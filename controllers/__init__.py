@@ -6,8 +6,16 @@ shared ``worldsim`` schema (actions, io). See docs/protocol.md for the browser p
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Any
+
+
+def add_world_arguments(parser: argparse.ArgumentParser) -> None:
+    """--world, --backend and --preset of a live command (play, serve); load_world() reads them."""
+    parser.add_argument("--world", default=None, help="world directory (default: the default world)")
+    parser.add_argument("--backend", default=None, help="engine backend: onnxruntime or torch (default: the engine's best available)")
+    parser.add_argument("--preset", default="fast", help="runtime preset: fast or quality (default: fast)")
 
 
 def load_world(path: str | None, backend: str | None, preset: str | None) -> Any:

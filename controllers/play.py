@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from controllers import add_world_arguments
 from controllers.actionlog import LOG_SUFFIX, ActionLogWriter, LogHeader, Timeline
 from controllers.input import DEFAULT_COMMAND_KEYS, HeldInput, load_bindings, make_keymap
 from engine.loop import DEFAULT_TICK_HZ, RealtimeLoop, Tick, resolve_tick_hz
@@ -425,9 +426,7 @@ class PlayApp:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`worldsim play` options."""
     d = PlayConfig()
-    parser.add_argument("--world", default=None, help="world directory (default: the default world)")
-    parser.add_argument("--backend", default=None, help="engine backend: onnxruntime or torch (default: the engine's best available)")
-    parser.add_argument("--preset", default="fast", help="runtime preset: fast or quality (default: fast)")
+    add_world_arguments(parser)
     parser.add_argument("--tick-hz", type=float, default=None,
                         help=f"world steps per second (default: the world's own pace, else {DEFAULT_TICK_HZ:g} like Crafter's GUI)")
     parser.add_argument("--scale", type=int, default=d.scale, help=f"window upscale factor (default {d.scale}: 576x576 for 72x72 frames)")

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from controllers import add_world_arguments
 from controllers import protocol as P
 from controllers.actionlog import LOG_SUFFIX, ActionLogWriter, LogHeader, Timeline
 from controllers.input import HeldInput, load_bindings, make_keymap
@@ -575,9 +576,7 @@ class ServerThread:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`worldsim serve` options."""
     d = ServeConfig()
-    parser.add_argument("--world", default=None, help="world directory (default: the default world)")
-    parser.add_argument("--backend", default=None, help="engine backend: onnxruntime or torch (default: the engine's best available)")
-    parser.add_argument("--preset", default="fast", help="runtime preset: fast or quality (default: fast)")
+    add_world_arguments(parser)
     parser.add_argument("--host", default=d.host, help=f"address to bind (default {d.host}: this machine only)")
     parser.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port}; 0 picks a free one)")
     parser.add_argument("--tick-hz", type=float, default=None, help=f"frames per second per session (default: the world's own pace, else {DEFAULT_TICK_HZ:g})")

@@ -9,6 +9,10 @@ FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the world
 steady-state shapes (full window): matmuls, linear layers, convolutions and attention (a formula for the
 CPU attention kernel is registered; torch's counter lacks one), 2 FLOPs per multiply-add; elementwise work
 is not counted. The count is the model's, the same for every backend.
+
+With ``--sessions 1,2,4,8`` it measures many players instead (engine/bench_sessions.py): for each N, N
+sessions stepped together in one network call per denoising step/commit/decode, against the same N stepped
+one after another: total and per-player fps, tick latency p50/p99.
 """
 
 from __future__ import annotations
@@ -281,15 +285,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", action="store_true", help="bench a random-weight tiny world (a smoke test; built in a temp dir)")
     parser.add_argument("--random", choices=("tiny", "small", "base"), default=None,
                         help="bench a random-weight world of this DiT preset (timing only; built in a temp dir)")
-    parser.add_argument("--backends", default="onnxruntime,torch", help="comma list of backends (default: onnxruntime,torch)")
-    parser.add_argument("--presets", default="fast,quality", help="comma list of runtime presets (default: fast,quality)")
+    parser.add_argument("--backends", "--backend", default="onnxruntime,torch", help="comma list of backends (default: onnxruntime,torch)")
+    parser.add_argument("--presets", "--preset", default="fast,quality", help="comma list of runtime presets (default: fast,quality)")
     parser.add_argument("--frames", type=int, default=200, help="timed frames per repeat (default: 200)")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed frames first (at least window+1: the ring fills up)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed frames first (at least window+1: the ring fills up; default 20), or with --sessions "
+                             "untimed ticks (default window+2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed loops; the report gives medians over them (default: 3)")
     parser.add_argument("--naive-frames", type=int, default=None, help="timed frames per repeat of the naive loop (default: min(frames, 30))")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive (recompute-the-window) loop")
     parser.add_argument("--threads", default=None, help="comma list of intra-op thread counts to compare, e.g. 1,2 (default: the backend's)")
     parser.add_argument("--spinning", default=None, help="onnxruntime thread spinning to compare: off, on or off,on (default: the backend's)")
+    parser.add_argument("--sessions", default=None,
+                        help="comma list of player counts, e.g. 1,2,4,8: measure N sessions stepped together (one network call "
+                             "per denoising step) instead of the per-frame table")
+    parser.add_argument("--ticks", type=int, default=20, help="with --sessions: timed ticks per repeat (default: 20)")
+    parser.add_argument("--no-sequential", action="store_true", help="with --sessions: skip the one-after-another baseline")
     parser.add_argument("--seed", type=int, default=0, help="session seed")
     parser.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
 
@@ -305,8 +316,8 @@ def _resolve_world(args, tmp: Path) -> Path | None:
 
         return make_random_world(tmp / f"{random_preset}-world", dit=random_preset)
     if args.world is not None:
-        if not (args.world / "world.json").is_file():
-            raise ValueError(f"--world {args.world}: not a world directory (no world.json there)")
+        if not (args.world / "world.json").is_file() and not (args.world / "manifest.json").is_file():
+            raise ValueError(f"--world {args.world}: not a world directory or bundle (no world.json or manifest.json there)")
         return args.world
     path = default_world_dir()
     if not (path / "world.json").is_file():
@@ -341,11 +352,41 @@ _HEADER = (f"{'backend':<12} {'preset':<8} {'thr':>3} {'spin':<4} {'fps':>7} {'p
            f" {'decode':>7} {'GFLOP/f':>8} {'GFLOP/s':>7} {'%peak':>6} {'naivefps':>8} {'speedup':>7}")
 
 
+def _configs(backends: list[str], presets: list[str], threads_list: list, spin_list: list):
+    """Every (backend, preset, threads, spinning) to bench; spinning only varies on onnxruntime."""
+    for backend in backends:
+        for preset in presets:
+            for threads in threads_list:
+                for spinning in (spin_list if backend == "onnxruntime" else [None]):
+                    yield backend, preset, threads, spinning
+
+
+def _bench_frames(world, row: dict[str, Any], args: argparse.Namespace, warmup: int, naive_frames: int, peaks: dict[int, dict]) -> None:
+    """The per-frame row: one session's fps/latency/split, GFLOP/s against the GEMM peak, the naive loop."""
+    used_threads = row["threads"]
+    for t in range(1, used_threads + 1):
+        if t not in peaks:
+            peaks[t] = matmul_peak(world.dit_cfg, t)
+    # a GEMM on t threads can always use fewer: under machine load the t-thread run can
+    # measure lower than a 1-thread one, so the peak is the best over 1..t threads
+    peak = max(peaks[t]["peak_gflops"] for t in range(1, used_threads + 1))
+    cached = bench_cached(world, args.frames, warmup, args.repeats, seed=args.seed)
+    gf = frame_gflops(world)
+    row.update(preset_config=asdict(world.preset), cached=asdict(cached), gflop_per_frame=gf["total"],
+               gflop_split=gf, gflops=gf["total"] * cached.fps, peak_gflops=peak)
+    if not args.no_naive:
+        naive = bench_naive(world, naive_frames, min(warmup, 3), args.repeats, seed=args.seed)
+        ngf = frame_gflops(world, naive=True)
+        row.update(naive=asdict(naive), naive_gflop_per_frame=ngf["total"], naive_gflops=ngf["total"] * naive.fps,
+                   speedup_vs_naive=cached.fps / naive.fps)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark; print a table; -> exit code."""
+    """Run the benchmark; print a table (per frame, or per player count with --sessions); -> exit code."""
     import torch
 
     from engine.backends import BACKENDS, BackendUnavailable
+    from engine.bench_sessions import HEADER as SESSIONS_HEADER, bench_sessions, format_row as format_sessions_row, parse_counts
     from engine.world import RUNTIME_PRESETS
 
     try:
@@ -359,15 +400,19 @@ def run(args: argparse.Namespace) -> int:
             threads_list = [int(t) for t in items]
         spin_list: list[bool | None] = ([{"off": False, "on": True}[s] for s in _split_list(args.spinning, "spinning", ("off", "on"))]
                                         if args.spinning else [None])
-        for n, what in ((args.frames, "frames"), (args.repeats, "repeats")):
+        counts = parse_counts(args.sessions) if args.sessions is not None else None
+        for n, what in ((args.frames, "frames"), (args.repeats, "repeats"), (args.ticks, "ticks")):
             if n < 1:
                 raise ValueError(f"--{what} must be >= 1, got {n}")
         if args.naive_frames is not None and args.naive_frames < 1:
             raise ValueError(f"--naive-frames must be >= 1, got {args.naive_frames}")
+        if args.warmup is not None and args.warmup < 0:
+            raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     naive_frames = args.naive_frames if args.naive_frames is not None else min(args.frames, 30)
+    warmup = args.warmup if args.warmup is not None else 20
     default_torch_threads = torch.get_num_threads()
 
     with tempfile.TemporaryDirectory(prefix="worldsim-bench-") as tmp:
@@ -384,57 +429,61 @@ def run(args: argparse.Namespace) -> int:
         peaks: dict[int, dict] = {}
         dit_cfg = None
         print(f"world: {path}   cpus: {os.cpu_count()}   load average: {load_before[0]:.2f} (other work on the machine skews timings)")
-        print(_HEADER)
-        for backend in backends:
-            for preset in presets:
-                for threads in threads_list:
-                    for spinning in (spin_list if backend == "onnxruntime" else [None]):
-                        row: dict[str, Any] = {"backend": backend, "preset": preset, "threads": threads,
-                                               "spinning": "-" if spinning is None and backend != "onnxruntime" else ""}
-                        try:
-                            world = _load(path, backend, preset, threads if threads or backend != "torch" else default_torch_threads, spinning)
-                        except (BackendUnavailable, ImportError) as e:
-                            row.update(spinning="-", error=str(e))
-                            rows.append(row)
-                            print(_fmt_row(row), flush=True)
-                            continue
-                        except (OSError, ValueError) as e:
-                            print(f"error: cannot load {path} on {backend}: {e}", file=sys.stderr)
-                            return 1
-                        dit_cfg = world.dit_cfg
-                        used_threads = int(getattr(world.backend, "threads", threads or default_torch_threads))
-                        row["threads"] = used_threads
-                        if backend == "onnxruntime":
-                            row["spinning"] = "on" if world.backend.spinning else "off"
-                        for t in range(1, used_threads + 1):
-                            if t not in peaks:
-                                peaks[t] = matmul_peak(dit_cfg, t)
-                        # a GEMM on t threads can always use fewer: under machine load the t-thread run can
-                        # measure lower than a 1-thread one, so the peak is the best over 1..t threads
-                        peak = max(peaks[t]["peak_gflops"] for t in range(1, used_threads + 1))
-                        cached = bench_cached(world, args.frames, args.warmup, args.repeats, seed=args.seed)
-                        gf = frame_gflops(world)
-                        row.update(preset_config=asdict(world.preset), cached=asdict(cached), gflop_per_frame=gf["total"],
-                                   gflop_split=gf, gflops=gf["total"] * cached.fps, peak_gflops=peak)
-                        if not args.no_naive:
-                            naive = bench_naive(world, naive_frames, min(args.warmup, 3), args.repeats, seed=args.seed)
-                            ngf = frame_gflops(world, naive=True)
-                            row.update(naive=asdict(naive), naive_gflop_per_frame=ngf["total"], naive_gflops=ngf["total"] * naive.fps,
-                                       speedup_vs_naive=cached.fps / naive.fps)
-                        rows.append(row)
-                        print(_fmt_row(row), flush=True)
+        if counts is None:
+            print(_HEADER)
+        for backend, preset, threads, spinning in _configs(backends, presets, threads_list, spin_list):
+            row: dict[str, Any] = {"backend": backend, "preset": preset, "threads": threads,
+                                   "spinning": "-" if spinning is None and backend != "onnxruntime" else ""}
+            try:
+                world = _load(path, backend, preset, threads if threads or backend != "torch" else default_torch_threads, spinning)
+            except (BackendUnavailable, ImportError) as e:
+                row.update(spinning="-", error=str(e))
+                rows.append(row)
+                print(_fmt_row(row), flush=True)
+                continue
+            except (OSError, ValueError) as e:
+                print(f"error: cannot load {path} on {backend}: {e}", file=sys.stderr)
+                return 1
+            dit_cfg = world.dit_cfg
+            row["threads"] = int(getattr(world.backend, "threads", threads or default_torch_threads))
+            if backend == "onnxruntime":
+                row["spinning"] = "on" if world.backend.spinning else "off"
+            if counts is None:
+                _bench_frames(world, row, args, warmup, naive_frames, peaks)
+                rows.append(row)
+                print(_fmt_row(row), flush=True)
+                continue
+            p = world.preset
+            print(f"\n{backend} ({row['threads']} thread{'' if row['threads'] == 1 else 's'}{', spinning ' + row['spinning'] if backend == 'onnxruntime' else ''})  "
+                  f"preset {p.name} (steps {p.steps}, window {p.window}, chunk {p.chunk})")
+            print(SESSIONS_HEADER)
+            row.update(preset_config=asdict(p), sessions=[])
+            for n in counts:  # one count at a time, so that each line prints as soon as it is measured
+                r = bench_sessions(world, [n], ticks=args.ticks, warmup=args.warmup, repeats=args.repeats,
+                                   sequential=not args.no_sequential, seed=args.seed)[0]
+                row["sessions"].append(r)
+                print(format_sessions_row(r), flush=True)
+            rows.append(row)
         torch.set_num_threads(default_torch_threads)
         load_after = os.getloadavg()
         for t, pk in sorted(peaks.items()):
             print(f"float32 GEMM on {t} thread(s): model-shaped {pk['model_shape']} {pk['model_gflops']:.1f} GFLOP/s, "
                   f"1024^3 {pk['square_1024_gflops']:.1f} GFLOP/s")
-        print("latency = time per frame (a chunk's time / its frames); split = medians from Session.timings; GFLOP counted "
-              "with torch's FLOP counter (matmuls, convs, attention); naive = recompute the whole window at every denoising step (no cache)")
+        if counts is None:
+            print("latency = time per frame (a chunk's time / its frames); split = medians from Session.timings; GFLOP counted "
+                  "with torch's FLOP counter (matmuls, convs, attention); naive = recompute the whole window at every denoising step (no cache)")
+        else:
+            print("latency = wall time of one tick (every player gets its next frame); batched = one network call per denoising "
+                  "step for all players; seq = the same sessions stepped one after another")
         report = {"world": str(path) if not (args.tiny or args.random) else f"random-{'tiny' if args.tiny else args.random}",
                   "cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": load_after,
-                  "seconds": time.time() - t_start, "frames": args.frames, "warmup": args.warmup, "repeats": args.repeats,
-                  "naive_frames": naive_frames, "matmul": {str(t): pk for t, pk in peaks.items()}, "results": rows,
-                  "flops_method": "torch.utils.flop_counter on the networks at steady-state shapes: matmuls, linear, conv, attention; 2 FLOPs per MAC"}
+                  "seconds": time.time() - t_start, "repeats": args.repeats, "results": rows}
+        if counts is None:
+            report.update(frames=args.frames, warmup=warmup, naive_frames=naive_frames, matmul={str(t): pk for t, pk in peaks.items()},
+                          flops_method="torch.utils.flop_counter on the networks at steady-state shapes: matmuls, linear, conv, "
+                                       "attention; 2 FLOPs per MAC")
+        else:
+            report.update(session_counts=counts, ticks=args.ticks, sequential=not args.no_sequential)
         if dit_cfg is not None:
             from worldsim.config import config_to_dict
 
@@ -444,4 +493,4 @@ def run(args: argparse.Namespace) -> int:
 
             atomic_write_json(args.json, report)
             print(f"wrote {args.json}")
-    return 0 if any("cached" in r for r in rows) else 1
+    return 0 if any("cached" in r or "sessions" in r for r in rows) else 1

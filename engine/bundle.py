@@ -16,7 +16,6 @@ error, not a surprise later), graph inputs/outputs against the model configs, th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path, PurePosixPath
@@ -27,7 +26,7 @@ import numpy as np
 
 from engine.graphs import GRAPH_IO, GRAPH_NAMES, TensorSpec, graph_specs
 from worldsim.actions import ACTION_NAMES, NULL_ACTION
-from worldsim.io import read_json
+from worldsim.io import read_json, sha256_file  # noqa: F401  (sha256_file: export uses it from here)
 
 BUNDLE_FORMAT = "worldsim-bundle"
 BUNDLE_VERSION = 1
@@ -43,15 +42,6 @@ class BundleError(ValueError):
 def is_bundle(path: str | os.PathLike) -> bool:
     """True if `path` is a directory holding a bundle manifest."""
     return (Path(path) / MANIFEST).is_file()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def spec_to_json(spec: TensorSpec) -> dict[str, Any]:

@@ -17,12 +17,8 @@ from controllers.play import PlayApp, PlayConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from engine import World
-    from engine.testing import make_tiny_world
-
-    path = make_tiny_world(tmp_path_factory.mktemp("world") / "tiny")
-    return World.load(path, backend="onnxruntime")
+def world(tiny_world):
+    return tiny_world  # tests/conftest.py
 
 
 @pytest.fixture

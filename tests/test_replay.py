@@ -23,17 +23,13 @@ SCRIPT = ["move_left", "move_left", "do", "rewind", "move_up", "snapshot:a", "do
 
 
 @pytest.fixture(scope="module")
-def world_dir(tmp_path_factory):
-    from engine.testing import make_tiny_world
-
-    return make_tiny_world(tmp_path_factory.mktemp("world") / "tiny")
+def world_dir(tiny_world_dir):
+    return tiny_world_dir  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def world(world_dir):
-    from engine import World
-
-    return World.load(world_dir, backend="onnxruntime")
+def world(tiny_world):
+    return tiny_world
 
 
 def play_live(world, log_path, script, seed=3, context=None):

@@ -29,13 +29,8 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from engine import World
-    from engine.testing import make_tiny_world
-
-    path = make_tiny_world(tmp_path_factory.mktemp("world") / "tiny")
-    world = World.load(path, backend="onnxruntime")
-    with ServerThread(world, ServeConfig(port=0, tick_hz=10.0)) as st:
+def server(tiny_world):
+    with ServerThread(tiny_world, ServeConfig(port=0, tick_hz=10.0)) as st:
         yield st
 
 

@@ -16,7 +16,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "record": ("worldsim.data.record", "record the real Crafter game into a training dataset"),
     "train": ("worldsim.train", "train the autoencoder or the dynamics DiT"),
-    "eval": ("worldsim.eval.cli", "measure a world against the real game"),
+    "eval": ("engine.eval_cli", "measure a world against the real game"),
     "export": ("export.cli", "export a world as an ONNX / TensorRT bundle"),
     "bench": ("engine.bench", "benchmark frames/s and latency per backend and preset"),
     "play": ("controllers.play", "play a world with the keyboard in a pygame window"),

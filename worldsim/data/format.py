@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from worldsim.actions import NULL_ACTION, NUM_ACTIONS
+from worldsim.io import sha256_file  # noqa: F401  (part of this module's API: the recorder and tests use it)
 
 FORMAT_NAME = "worldsim-crafter"
 FORMAT_VERSION = 1
@@ -89,13 +90,12 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _check_field_names(names: set[str], where: str) -> None:
+    """DatasetError unless ``names`` are exactly the shard fields."""
+    missing = sorted(set(ALL_FIELDS) - names)
+    extra = sorted(names - set(ALL_FIELDS))
+    if missing or extra:
+        raise DatasetError(f"{where}: wrong fields (missing {missing}, unexpected {extra})")
 
 
 def encode_shard(arrays: Mapping[str, np.ndarray], size: int) -> bytes:
@@ -123,11 +123,7 @@ def decode_shard(
     src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     try:
         with np.load(src, allow_pickle=False) as npz:
-            names = set(npz.files)
-            missing = sorted(set(ALL_FIELDS) - names)
-            extra = sorted(names - set(ALL_FIELDS))
-            if missing or extra:
-                raise DatasetError(f"{where}: wrong fields (missing {missing}, unexpected {extra})")
+            _check_field_names(set(npz.files), where)
             # read everything needed to validate cheaply, and the wanted fields
             need = set(wanted) | {"actions", "revisit", EVENTS_FIELD}
             arrays = {name: npz[name] for name in ALL_FIELDS if name in need}
@@ -175,12 +171,8 @@ def validate_episode(
 
     With ``partial`` only the fields present are checked (``actions`` and ``revisit_events`` must be).
     """
-    names = set(arrays)
     if not partial:
-        missing = sorted(set(ALL_FIELDS) - names)
-        extra = sorted(names - set(ALL_FIELDS))
-        if missing or extra:
-            raise DatasetError(f"{where}: wrong fields (missing {missing}, unexpected {extra})")
+        _check_field_names(set(arrays), where)
     actions = np.asarray(arrays["actions"])
     if actions.ndim != 1 or actions.shape[0] < 1:
         raise DatasetError(f"{where}: field 'actions' must be (N,) with N >= 1, got shape {list(actions.shape)}")

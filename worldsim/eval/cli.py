@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REFERENCE_WORLDS = ("copy-last", "real")
 
@@ -48,23 +48,6 @@ def _config(args: argparse.Namespace):
     return dataclasses.replace(cfg, **changes)
 
 
-def _load_engine_world(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """Load an engine world directory (the default world when --world is not given)."""
-    import engine  # only the CLI touches the engine; the protocols take any world with the session API
-
-    kwargs: dict[str, Any] = {}
-    if args.backend:
-        kwargs["backend"] = args.backend
-    if args.preset:
-        kwargs["preset"] = args.preset
-    world = engine.World.load(args.world, **kwargs)
-    path = getattr(world, "path", args.world)
-    desc = {"name": getattr(world, "meta", {}).get("name") or Path(str(path)).name, "path": str(path), "kind": "engine",
-            "id": getattr(world, "id", None), "backend": getattr(world, "backend_name", None),
-            "preset": getattr(world, "preset_name", None)}
-    return world, desc
-
-
 def _reference_world(name: str, episodes) -> tuple[Any, dict[str, Any]]:
     """The copy-last baseline or the real-game oracle as the evaluated world."""
     from worldsim.eval.reference import CopyLastWorld, RealGameWorld
@@ -74,7 +57,7 @@ def _reference_world(name: str, episodes) -> tuple[Any, dict[str, Any]]:
     return RealGameWorld(episodes), {"name": "real game (oracle)", "path": None, "kind": "reference"}
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, load_world: Callable[[argparse.Namespace], tuple[Any, dict[str, Any]]] | None = None) -> int:
     """Entry point of `worldsim eval`."""
     from worldsim.eval.protocols import PROTOCOLS, evaluate, load_episodes
     from worldsim.eval.report import make_report, write_report
@@ -96,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
         if args.world not in REFERENCE_WORLDS:
             # load the world first: a bad path fails before any recording, and the data matches its frame size
             try:
-                world, desc = _load_engine_world(args)
+                if load_world is None:
+                    raise ValueError("this entry point evaluates only --world copy-last|real; "
+                                     "`worldsim eval` (engine.eval_cli) loads engine worlds")
+                world, desc = load_world(args)
             except RuntimeError as e:   # e.g. engine.backends.BackendUnavailable
                 raise ValueError(f"cannot load world {args.world or '(default)'}: {e}") from None
             size = int(getattr(world, "frame_shape", (cfg.size,))[0])
