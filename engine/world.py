@@ -22,9 +22,11 @@ import numpy as np
 
 from engine.backends import BACKENDS, BackendUnavailable, OrtBackend, TorchBackend, ensure_onnx_graphs, tensorrt_unavailable_reason
 from engine.cache import RingKVCache
+from engine.memory import MemoryBank, MemoryConfig, MemoryKV, memory_slots, predicted_poses, slot_shift
 from worldsim.actions import ACTION_NAMES, NULL_ACTION, action_index
 from worldsim.diffusion import FlowSampler
 from worldsim.io import atomic_path, read_json
+from worldsim.memory import estimate_move, target_walkable, track_poses
 
 WORLD_FORMAT = "worldsim-world"
 WORLD_VERSION = 1
@@ -43,11 +45,15 @@ class RuntimePreset:
     ctx_noise: float = 0.02  # a small constant noise on committed frames, as in training: fights drift
     shift: float = 1.0
     stochastic: bool = False
+    memory: int = 0  # memory frames read per frame from the session's bank (engine.memory); 0 = off
+    memory_capacity: int = 512  # bank entries kept at most (constant memory and time over hours of play)
 
 
 RUNTIME_PRESETS: dict[str, RuntimePreset] = {
     "fast": RuntimePreset("fast", steps=1, window=6),
     "quality": RuntimePreset("quality", steps=4, window=7, stochastic=True),
+    # persistent objects beyond the window: for worlds trained with memory frames (TrainConfig.memory_frames)
+    "memory": RuntimePreset("memory", steps=1, window=6, memory=2),
 }
 
 
@@ -116,6 +122,8 @@ class World:
             preset = RuntimePreset(**{**preset.__dict__, "window": max_window})  # never past what the model was trained on
         if preset.steps < 1 or preset.window < 1 or preset.chunk < 1:
             raise ValueError(f"preset {preset} needs steps, window and chunk >= 1")
+        if preset.memory < 0 or preset.memory_capacity < 1:
+            raise ValueError(f"preset {preset}: memory must be >= 0 (0 = off) and memory_capacity >= 1")
         ae_path, dit_path = path / meta.get("autoencoder", "autoencoder.safetensors"), path / meta.get("dit", "dit.safetensors")
         opening = _load_opening(path / meta.get("opening", "opening.npz"))
         from worldsim.train import load_autoencoder, load_dit  # checkpoint errors are clear CheckpointErrors
@@ -191,6 +199,13 @@ class World:
         return self.preset.name
 
     @property
+    def memory_config(self) -> MemoryConfig | None:
+        """How sessions remember beyond the window (None: memory off, the default)."""
+        if self.preset.memory <= 0:
+            return None
+        return MemoryConfig(slots=self.preset.memory, capacity=self.preset.memory_capacity)
+
+    @property
     def tick_hz(self) -> float:
         """The pace the world was recorded for (steps per second of the real game's GUI)."""
         return float(self.meta.get("tick_hz", 8.0))
@@ -257,6 +272,8 @@ class World:
         if state.cache.k.shape != want or state.cache.v.shape != want or state.frame.shape != self.frame_shape:
             raise ValueError(f"saved session {path} does not fit this world: cache {state.cache.k.shape} (expected {want}), "
                              f"frame {state.frame.shape} (expected {self.frame_shape})")
+        if state.memory is not None and state.memory.latent_shape != state.latent.shape:
+            raise ValueError(f"saved session {path}: memory latents {state.memory.latent_shape} do not fit the world's {state.latent.shape}")
         s.restore(state)
         return s
 
@@ -302,24 +319,29 @@ class SessionState:
     latent: np.ndarray  # float32 (C,g,g) the current frame's latent
     rng_state: dict
     extra: dict = field(default_factory=dict)
+    memory: MemoryBank | None = None  # the memory bank and pose track (preset.memory > 0), else None
 
     def copy(self) -> "SessionState":
         """A deep copy."""
         return SessionState(self.frame_index, self.cache.copy(), self.frame.copy(), self.latent.copy(),
-                            copy.deepcopy(self.rng_state), copy.deepcopy(self.extra))
+                            copy.deepcopy(self.rng_state), copy.deepcopy(self.extra), self.memory.copy() if self.memory is not None else None)
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays + JSON-able meta for saving."""
         arrays = {"cache_k": self.cache.k, "cache_v": self.cache.v, "cache_frame": self.cache.frame, "frame": self.frame, "latent": self.latent}
         meta = {"frame_index": self.frame_index, "next_slot": self.cache.next_slot, "tokens_per_frame": self.cache.tokens_per_frame,
                 "rng_state": self.rng_state, "extra": self.extra}
+        if self.memory is not None:
+            mem_arrays, meta["memory"] = self.memory.to_arrays()
+            arrays.update(mem_arrays)
         return arrays, meta
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> "SessionState":
         """Inverse of to_arrays."""
         cache = RingKVCache(arrays["cache_k"], arrays["cache_v"], arrays["cache_frame"], int(meta["next_slot"]), int(meta["tokens_per_frame"]))
-        return cls(int(meta["frame_index"]), cache, arrays["frame"], arrays["latent"], meta["rng_state"], meta.get("extra", {}))
+        memory = MemoryBank.from_arrays(arrays, meta["memory"]) if meta.get("memory") is not None else None
+        return cls(int(meta["frame_index"]), cache, arrays["frame"], arrays["latent"], meta["rng_state"], meta.get("extra", {}), memory)
 
 
 class Session:
@@ -331,6 +353,9 @@ class Session:
         self._rng = np.random.Generator(np.random.PCG64(self.seed))
         self._state: SessionState | None = None
         self.timings: dict[str, float] = {}
+        self._mem_cfg = world.memory_config
+        self._mem_kv = MemoryKV(keep=4 * self._mem_cfg.slots + 8) if self._mem_cfg is not None else None
+        self._mem_empty: tuple[np.ndarray, ...] | None = None
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -374,6 +399,11 @@ class Session:
             raise TypeError(f"restore() takes a SessionState from snapshot(), got {type(state).__name__}")
         self._state = state.copy()
         self._rng.bit_generator.state = copy.deepcopy(state.rng_state)
+        if self._mem_cfg is None:
+            self._state.memory = None  # this world runs without memory
+        elif self._state.memory is None:  # a state from a session without memory: start remembering here, at pose (0, 0)
+            self._state.memory = self._new_memory()
+            self._state.memory.observe(self._state.latent, self._state.frame_index, np.zeros(2, np.int64))
 
     def save(self, path: str | os.PathLike) -> None:
         """Save the session to a file (numpy .npz, no pickles), atomically."""
@@ -405,6 +435,18 @@ class Session:
         cache = self._new_cache()
         self._state = SessionState(T - 1, cache, frames[-1].copy(), z[-1].copy(), {})
         self._commit(z[None], model_acts, first)
+        if self._mem_cfg is not None:
+            # every context frame enters the bank (those older than the window too), at poses tracked from (0, 0)
+            z_all = be.encode(frames[:first]) if first > 0 else z[:0]
+            z_all = np.concatenate([z_all, z]) if first > 0 else z
+            bank = self._new_memory()
+            for i, p in enumerate(track_poses(frames, np.asarray(acts[:T], np.int64))):
+                bank.observe(z_all[i], i, p)
+            self._state.memory = bank
+
+    def _new_memory(self) -> MemoryBank:
+        d = self.world.dit_cfg
+        return MemoryBank.empty(self._mem_cfg, (d.latent_channels, d.grid, d.grid), self.world.preset.window + self.world.preset.chunk)
 
     def _commit(self, z: np.ndarray, acts: np.ndarray, first_frame: int) -> float:
         """Write clean (lightly re-noised) frames z (1,k,C,g,g) into the cache; -> seconds spent."""
@@ -420,6 +462,8 @@ class Session:
         return time.perf_counter() - t0
 
     def _step_chunk(self, acts: list[int]) -> np.ndarray:
+        if self._state.memory is not None:
+            return self._step_chunk_memory(acts)
         fused = getattr(self.world.backend, "step_chunk", None)
         if fused is not None:  # the whole per-frame work on the backend's device (tensorrt: one CUDA graph)
             frames = fused(self, acts)
@@ -451,4 +495,73 @@ class Session:
         st.frame = frames[-1].copy()
         st.latent = x0[0, -1].copy()
         self.timings = {"denoise_ms": (t1 - t0) * 1e3, "commit_ms": commit_s * 1e3, "decode_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}
+        return frames
+
+    # -- memory (preset.memory > 0) -------------------------------------------------------------------
+
+    def _empty_past(self) -> tuple[np.ndarray, ...]:
+        """One empty (masked) cache slot: the context of a memory frame's own pass."""
+        if self._mem_empty is None:
+            d = self.world.dit_cfg
+            shape = (d.n_layers, 1, d.n_heads, d.tokens_per_frame, d.head_dim)
+            self._mem_empty = (np.zeros(shape, np.float32), np.zeros(shape, np.float32), np.zeros((1, 1), np.float32),
+                               np.zeros((1, 1), np.float32), np.zeros((1, 1, 2), np.float32))
+        return self._mem_empty
+
+    def _moves(self, prev: np.ndarray, frames: np.ndarray, acts: list[int]) -> np.ndarray:
+        """The player's move (dx, dy) into each new frame (k,H,W,3) from ``prev`` (H,W,3): -> int64 (k,2).
+
+        There is no game to ask: each move is read from the generated frames, with Crafter's rule (is the
+        faced tile walkable?) deciding where the view alone is ambiguous (worldsim.memory.estimate_move).
+        """
+        out = np.zeros((len(acts), 2), np.int64)
+        for i, a in enumerate(acts):
+            out[i] = estimate_move(prev, frames[i], a, target_walkable(prev, a, frames[i]))
+            prev = frames[i]
+        return out
+
+    def _step_chunk_memory(self, acts: list[int]) -> np.ndarray:
+        """_step_chunk with memory slots: retrieve for the predicted poses, denoise against window + memory,
+        estimate the new frames' poses, commit (without memory: a committed frame already shows what memory
+        gave it; training matches), add the frames to the bank. Same RNG draws as without memory."""
+        st = self._state
+        w = self.world
+        bank = st.memory
+        k = len(acts)
+        d = w.dit_cfg
+        first = st.frame_index + 1
+        a = np.array([acts], np.int64)
+        t0 = time.perf_counter()
+        targets = predicted_poses(bank.current_pose, acts)  # where the player will be if its moves succeed
+        rows = bank.retrieve(targets, first, w.preset.window)
+        past_t, past_valid = st.cache.inputs(first)
+        past_k, past_v, shift = st.cache.k, st.cache.v, np.zeros((1, st.cache.slots, 2), np.float32)
+        if len(rows):  # only frames that need memory pay for it: the slot axis is dynamic
+            mk, mv, mt, mvalid, mposes = memory_slots(bank, self._mem_kv, w.backend, rows, first, self._empty_past(), d.tokens_per_frame)
+            past_k, past_v = np.concatenate([past_k, mk], 3), np.concatenate([past_v, mv], 3)
+            past_t, past_valid = np.concatenate([past_t, mt], 1), np.concatenate([past_valid, mvalid], 1)
+            shift = np.concatenate([shift, slot_shift(mposes, targets[0])], 1)
+        t_mem = time.perf_counter()
+        x = self._rng.standard_normal((1, k, d.latent_channels, d.grid, d.grid), dtype=np.float32)
+        ts = w.sampler.timesteps()
+        x0 = x
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            x0, _, _ = w.backend.dit(x, np.full((1, k), t, np.float32), a, past_k, past_v, past_t, past_valid, shift)
+            noise = self._rng.standard_normal(x.shape, dtype=np.float32) if (w.sampler.stochastic and t_next > 0) else None
+            x = w.sampler.step(x, x0, t, t_next, noise)
+        x0 = np.asarray(x, np.float32)
+        t1 = time.perf_counter()
+        commit_s = self._commit(x0, a, first)  # the window only: a committed frame already shows what memory gave it
+        t2 = time.perf_counter()
+        frames = w.backend.decode(x0[0])  # (k,H,W,3)
+        t3 = time.perf_counter()
+        poses = bank.current_pose + np.cumsum(self._moves(st.frame, frames, acts), 0)  # (k,2), read from the new pixels
+        st.frame_index += k
+        st.frame = frames[-1].copy()
+        st.latent = x0[0, -1].copy()
+        for i in range(k):
+            bank.observe(x0[0, i], first + i, poses[i])
+        t4 = time.perf_counter()
+        self.timings = {"denoise_ms": (t1 - t_mem) * 1e3, "commit_ms": commit_s * 1e3, "decode_ms": (t3 - t2) * 1e3,
+                        "memory_ms": ((t_mem - t0) + (t4 - t3)) * 1e3, "memory_slots": len(rows), "total_ms": (t4 - t0) * 1e3}
         return frames

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldsim.actions import NUM_ACTION_EMBEDDINGS
+from worldsim.actions import NULL_ACTION, NUM_ACTION_EMBEDDINGS
 from worldsim.config import config_from_dict, preset
 
 
@@ -192,9 +192,18 @@ class Block(nn.Module):
         past_k: torch.Tensor | None,  # (B,H,Sp,dh) spatially rotated past keys
         past_v: torch.Tensor | None,  # (B,H,Sp,dh)
         past_ang: torch.Tensor | None,  # (B,Sp,pairs) read-time rotation of past keys (time + shift)
-        mask: torch.Tensor,  # (B or 1,1,S,Sp+S) additive attention bias
+        mask: torch.Tensor,  # (B or 1,1,S,Sp+S) additive attention bias (Sp = R when mem_ang is given)
+        mem_tokens: int = 0,  # training with memory: the first mem_tokens tokens of h are memory frames
+        mem_ang: torch.Tensor | None = None,  # (B,R,pairs) read rotations of R = G*mem_tokens memory key copies
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> (h (B,S,d), keys (B,H,S,dh) with spatial rotation only, values (B,H,S,dh))."""
+        """-> (h (B,S,d), keys (B,H,S,dh) with spatial rotation only, values (B,H,S,dh)).
+
+        With ``mem_ang`` the memory frames' own keys/values (computed here, from the first ``mem_tokens``
+        tokens) are also read as past keys, G times, each copy rotated by its own (time, shift): one copy
+        per clip frame, because frames seen from different poses read memory shifted differently (the mask
+        says which copy each query may read), exactly what a cache slot read with past_shift gives at
+        inference. (Rotating the queries instead needs a second query per token: measured slower on CPU.)
+        """
         B, S, d = h.shape
         Fn = c.shape[1]
         # modulation is computed once per frame and broadcast over its tokens (it is the same for all)
@@ -209,6 +218,11 @@ class Block(nn.Module):
         if past_k is not None:
             k_all = torch.cat([rotate(past_k, past_ang[:, None]), k_cur], 2)
             v_all = torch.cat([past_v, v], 2)
+        elif mem_ang is not None:
+            copies = mem_ang.shape[1] // mem_tokens
+            k_mem = rotate(k_store[:, :, :mem_tokens].repeat(1, 1, copies, 1), mem_ang[:, None])  # (B,H,R,dh)
+            k_all = torch.cat([k_mem, k_cur], 2)
+            v_all = torch.cat([v[:, :, :mem_tokens].repeat(1, 1, copies, 1), v], 2)
         else:
             k_all, v_all = k_cur, v
         a = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask.to(q.dtype))  # (B,H,S,dh)
@@ -310,8 +324,24 @@ class CausalDiT(nn.Module):
         x_tgt: torch.Tensor,  # (B,T,C,g,g) noisy target latents
         sigma_tgt: torch.Tensor,  # (B,T)
         actions: torch.Tensor,  # (B,T) action that produced frame i (shared by both streams)
+        mem_x: torch.Tensor | None = None,  # (B,M,C,g,g) memory frames' latents (clean or lightly noised)
+        mem_sigma: torch.Tensor | None = None,  # (B,M) their noise levels
+        mem_t: torch.Tensor | None = None,  # (B,M) their frame index minus the clip's first (negative: the past)
+        mem_pose: torch.Tensor | None = None,  # (B,M,2) (x,y) tile of the player when each memory frame was seen
+        pose: torch.Tensor | None = None,  # (B,T,2) (x,y) tile of the player in each clip frame
+        mem_valid: torch.Tensor | None = None,  # (B,M) 1 = present, 0 = absent (default: all present)
     ) -> torch.Tensor:
-        """-> x0 prediction of every target frame (B,T,C,g,g); target i sees context < i and itself."""
+        """-> x0 prediction of every target frame (B,T,C,g,g); target i sees context < i and itself.
+
+        With memory (``mem_x`` given), every target frame also sees the memory frames, each at its time
+        offset and shifted by (memory pose - that frame's pose), i.e. read exactly like a cache slot with
+        past_t and past_shift = worldsim.memory.memory_shift(mem_pose, pose) at inference; a memory frame
+        sees only itself (at play time its keys come from a pass over that frame alone). Context frames do
+        not read memory: at play time the commit pass runs without it (a committed frame already shows
+        what memory gave it), which halves the memory's cost per frame.
+        """
+        if mem_x is not None:
+            return self._teacher_with_memory(x_ctx, sigma_ctx, x_tgt, sigma_tgt, actions, mem_x, mem_sigma, mem_t, mem_pose, pose, mem_valid)
         B, T = sigma_ctx.shape
         N = self.cfg.tokens_per_frame
         hc, cc = self._embed(x_ctx, sigma_ctx, actions)
@@ -325,6 +355,57 @@ class CausalDiT(nn.Module):
         for blk in self.blocks:
             h, _, _ = blk(h, c, ang_space, ang_time, None, None, None, mask)
         return self._head(h[:, T * N:], c[:, T:], B, T)
+
+    def _teacher_with_memory(self, x_ctx, sigma_ctx, x_tgt, sigma_tgt, actions, mem_x, mem_sigma, mem_t, mem_pose, pose, mem_valid):
+        """forward_teacher with M memory frames in front of the two streams: -> (B,T,C,g,g)."""
+        B, T = sigma_ctx.shape
+        M = mem_x.shape[1]
+        N = self.cfg.tokens_per_frame
+        if mem_sigma is None or mem_t is None or mem_pose is None or pose is None:
+            raise ValueError("forward_teacher with memory needs mem_sigma (B,M), mem_t (B,M), mem_pose (B,M,2) and pose (B,T,2)")
+        if mem_x.shape[0] != B or mem_sigma.shape != (B, M) or mem_t.shape != (B, M) or mem_pose.shape != (B, M, 2) or pose.shape != (B, T, 2):
+            raise ValueError(f"memory inputs do not fit {B} clips of {T} frames with {M} memory frames: mem_x {tuple(mem_x.shape)}, "
+                             f"mem_sigma {tuple(mem_sigma.shape)}, mem_t {tuple(mem_t.shape)}, mem_pose {tuple(mem_pose.shape)}, "
+                             f"pose {tuple(pose.shape)}")
+        if mem_valid is None:
+            mem_valid = torch.ones(B, M, device=mem_x.device)
+        null = torch.full((B, M), NULL_ACTION, dtype=actions.dtype, device=actions.device)  # a memory frame's producing action is irrelevant
+        hm, cm = self._embed(mem_x, mem_sigma, null)
+        hc, cc = self._embed(x_ctx, sigma_ctx, actions)
+        ht, ct = self._embed(x_tgt, sigma_tgt, actions)
+        h = torch.cat([hm, hc, ht], 1)  # (B,(M+2T)*N,d)
+        c = torch.cat([cm, cc, ct], 1)
+        ang_space = self.rotary.spatial().repeat(M + 2 * T, 1)
+        t = torch.arange(T, device=h.device, dtype=torch.float32)
+        ang_time = self._time_angles(torch.cat([torch.zeros(M, device=h.device), t, t]))[None]  # a memory frame sees only itself
+        # copy i of memory frame j is read by clip frame i: time t_j, shift (dy, dx) = memory pose - frame pose
+        d = mem_pose.float()[:, None, :, :] - pose.float()[:, :, None, :]  # (B,T,M,2) (dx, dy)
+        pos = torch.stack([mem_t.float()[:, None, :].expand(B, T, M), d[..., 1], d[..., 0]], -1)  # (B,T,M,3) (t, y, x)
+        mem_ang = self.rotary.angles(pos).reshape(B, T * M, -1).repeat_interleave(N, dim=1)  # (B,T*M*N,pairs)
+        mask = self.teacher_memory_mask(T, mem_valid)
+        for blk in self.blocks:
+            h, _, _ = blk(h, c, ang_space, ang_time, None, None, None, mask, mem_tokens=M * N, mem_ang=mem_ang)
+        return self._head(h[:, (M + T) * N:], c[:, M + T:], B, T)
+
+    def teacher_memory_mask(self, T: int, mem_valid: torch.Tensor) -> torch.Tensor:
+        """Additive bias (B,1,(M+2T)N,(T*M + M+2T)N) over queries [memory, context, target] and keys
+        [memory copy (i, j) for clip frame i, memory, context, target]: memory j -> itself; context i ->
+        context <= i; target i -> its own copies of the present memory frames + context < i + target i."""
+        B, M = mem_valid.shape
+        N = self.cfg.tokens_per_frame
+        dev = mem_valid.device
+        fi = torch.arange(T, device=dev)
+        own = (fi[:, None, None] == fi[None, :, None]).expand(T, T, M)  # (query frame i, copy frame i', memory j)
+        copies = (own[None] & (mem_valid > 0)[:, None, None, :]).reshape(B, T, T * M)
+        no = lambda r, k: torch.zeros(r, k, dtype=torch.bool, device=dev)  # noqa: E731
+        mem_rows = torch.cat([no(M, T * M), torch.eye(M, dtype=torch.bool, device=dev), no(M, 2 * T)], 1)  # (M, T*M+M+2T)
+        ctx_cur = torch.cat([no(T, M), fi[None, :] <= fi[:, None], no(T, T)], 1)
+        tgt_cur = torch.cat([no(T, M), fi[None, :] < fi[:, None], fi[None, :] == fi[:, None]], 1)
+        rows = torch.cat([mem_rows[None].expand(B, -1, -1),
+                          torch.cat([torch.zeros_like(copies), ctx_cur[None].expand(B, -1, -1)], 2),
+                          torch.cat([copies, tgt_cur[None].expand(B, -1, -1)], 2)], 1)  # (B, M+2T, T*M+M+2T)
+        allow = rows.repeat_interleave(N, 1).repeat_interleave(N, 2)
+        return torch.where(allow, 0.0, torch.finfo(torch.float32).min)[:, None]
 
     def teacher_mask(self, T: int, device: torch.device | None = None) -> torch.Tensor:
         """Additive bias (1,1,2TN,2TN): ctx i -> ctx <= i; target i -> ctx < i and target i."""

@@ -47,6 +47,10 @@ class TrainConfig:
     p_pure: float = 0.25  # DiT: fraction of target frames at noise level 1
     self_rollout_after: float = 0.5  # DiT: fraction of training after which the self-rollout stage starts
     self_rollout_prob: float = 0.5  # DiT: probability a step uses the model's own predictions as context
+    memory_frames: int = 0  # DiT: past frames of the same episode given to each clip as memory (0 = off; see worldsim.memory)
+    memory_revisit: float = 0.5  # DiT with memory: fraction of clips placed where a revisited place comes back into view
+    memory_dropout: float = 0.1  # DiT with memory: fraction of memory frames masked out (the model must also work without)
+    memory_max_age: int = 1000  # DiT with memory: memory time offsets are clamped to -this (as at play time)
     bf16: bool = True
     log_every: int = 25
     val_every: int = 500
@@ -393,6 +397,10 @@ class LatentClips:
                     zs.append(ae.encode(x).half().cpu())
             self.lat.append(torch.cat(zs))
             self.act.append(np.asarray(e["actions"]).astype(np.int64))
+        # memory training needs the true poses (and prefers clips at revisits); loaded only then
+        self.pos = [np.asarray(e["pos"], np.int64) for e in store.episodes] if all("pos" in e for e in store.episodes) else None
+        self.events = ([np.asarray(e["revisit_events"], np.int64).reshape(-1, 6) for e in store.episodes]
+                       if all("revisit_events" in e for e in store.episodes) else None)
 
     def sample(self, rng: np.random.Generator, batch: int, T: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
         """-> latents (B,T,C,g,g) float32, actions (B,T) int64 (action that produced frame i), origins."""
@@ -409,11 +417,79 @@ class LatentClips:
             origins.append((int(e), s))
         return torch.stack(zs), torch.stack(acts), origins
 
+    def sample_with_memory(self, rng: np.random.Generator, batch: int, T: int, cfg: "TrainConfig",
+                           revisit: float | None = None) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]], "MemoryBatch"]:
+        """Clips like ``sample`` plus up to ``cfg.memory_frames`` memory frames each: past frames of the same
+        episode chosen as the engine's bank would (``worldsim.memory.sample_memory`` on the true poses: older
+        than a window before the clip, showing cells the clip shows and that window does not). A fraction
+        ``revisit`` (default cfg.memory_revisit) of the clips holds the frame where a revisited place comes
+        back into view; absent memory frames have valid = 0."""
+        from worldsim.memory import sample_memory
+
+        if self.pos is None:
+            raise ValueError("memory training needs the 'pos' field: load the dataset with pos (and revisit_events)")
+        M = cfg.memory_frames
+        revisit = cfg.memory_revisit if revisit is None else revisit
+        lens = np.array([len(x) for x in self.lat])
+        ok = np.nonzero(lens > T)[0]
+        if len(ok) == 0:
+            raise ValueError(f"no episode is longer than the clip length {T}")
+        eps = rng.choice(ok, batch, p=lens[ok] / lens[ok].sum())
+        C, g = self.lat[0].shape[1], self.lat[0].shape[2]
+        zs, acts, origins = [], [], []
+        mem = MemoryBatch(torch.zeros(batch, M, C, g, g), torch.zeros(batch, M), torch.zeros(batch, M, 2), torch.zeros(batch, T, 2),
+                          torch.zeros(batch, M))
+        for b, e in enumerate(eps):
+            n = lens[e]
+            evs = self.events[e] if self.events is not None else np.zeros((0, 6), np.int64)
+            if len(evs) and rng.random() < revisit:
+                t_back = int(evs[rng.integers(len(evs))][2])
+                s = int(np.clip(t_back - rng.integers(0, T), 1, n - T))  # the clip holds the frame A is back on screen
+            else:
+                s = int(rng.integers(1, n - T + 1))
+            zs.append(self.lat[e][s:s + T].float())
+            acts.append(torch.from_numpy(self.act[e][s - 1:s - 1 + T]))
+            origins.append((int(e), s))
+            mem.pose[b] = torch.from_numpy(self.pos[e][s:s + T].astype(np.float32))
+            idx = sample_memory(self.pos[e], s, T, M, window=T - 1)  # the engine's window is at most clip_len - 1
+            idx = idx[rng.random(len(idx)) >= cfg.memory_dropout]
+            k = len(idx)
+            if k:
+                mem.x[b, :k] = self.lat[e][torch.from_numpy(idx)].float()
+                mem.t[b, :k] = torch.from_numpy(np.maximum(idx - s, -cfg.memory_max_age).astype(np.float32))
+                mem.mem_pose[b, :k] = torch.from_numpy(self.pos[e][idx].astype(np.float32))
+                mem.valid[b, :k] = 1.0
+        return torch.stack(zs), torch.stack(acts), origins, mem
+
+
+@dataclass
+class MemoryBatch:
+    """Memory frames of a batch of clips: x (B,M,C,g,g) latents; t (B,M) frame index minus the clip's first;
+    mem_pose (B,M,2) (x,y) player tile when each was seen; pose (B,T,2) the player's tile in each clip frame;
+    valid (B,M) 1 = present."""
+
+    x: torch.Tensor
+    t: torch.Tensor
+    mem_pose: torch.Tensor
+    pose: torch.Tensor
+    valid: torch.Tensor
+
+    def to(self, device: torch.device) -> "MemoryBatch":
+        """The same batch on ``device``."""
+        return MemoryBatch(*(a.to(device) for a in (self.x, self.t, self.mem_pose, self.pose, self.valid)))
+
+    def kwargs(self, sigma: torch.Tensor, x: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """forward_teacher's memory arguments with noise levels ``sigma`` (B,M) (and noised latents ``x``)."""
+        return {"mem_x": self.x if x is None else x, "mem_sigma": sigma, "mem_t": self.t, "mem_pose": self.mem_pose,
+                "pose": self.pose, "mem_valid": self.valid}
+
 
 def dit_loss(model: torch.nn.Module, z: torch.Tensor, actions: torch.Tensor, cfg: TrainConfig,
-             ctx: torch.Tensor | None = None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             ctx: torch.Tensor | None = None, generator: torch.Generator | None = None,
+             memory: MemoryBatch | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Teacher-forced rectified-flow loss on clips z (B,T,C,g,g); `ctx` replaces the context stream
-    (self-rollout: the model's own predictions) when given."""
+    (self-rollout: the model's own predictions) when given; `memory` adds memory frames (lightly noised
+    like the context)."""
     B, T = z.shape[:2]
     dev = z.device
     t_ctx = sample_context_levels((B, T), cfg.ctx_noise_max, generator).to(dev)
@@ -425,8 +501,13 @@ def dit_loss(model: torch.nn.Module, z: torch.Tensor, actions: torch.Tensor, cfg
     x_tgt = add_noise(z, t_tgt, eps_t)
     drop = torch.rand((B, T), generator=generator).to(dev) < cfg.action_dropout
     acts = torch.where(drop, torch.full_like(actions, NULL_ACTION), actions)
+    mem_kw: dict[str, torch.Tensor] = {}
+    if memory is not None:  # drawn after everything above: the draws without memory stay the same
+        t_mem = sample_context_levels(memory.valid.shape, cfg.ctx_noise_max, generator).to(dev)
+        mem_kw = memory.kwargs(t_mem, add_noise(memory.x, t_mem, torch.randn(memory.x.shape, generator=generator).to(dev)))
     # under DDP `model` wraps a _TeacherDDP whose forward is forward_teacher
-    pred = model(x_ctx, t_ctx, x_tgt, t_tgt, acts) if hasattr(model, "module") else model.forward_teacher(x_ctx, t_ctx, x_tgt, t_tgt, acts)
+    pred = (model(x_ctx, t_ctx, x_tgt, t_tgt, acts, **mem_kw) if hasattr(model, "module")
+            else model.forward_teacher(x_ctx, t_ctx, x_tgt, t_tgt, acts, **mem_kw))
     err = (pred.float() - z).pow(2).mean((2, 3, 4))  # (B,T)
     loss = err.mean()
     pure = t_tgt >= 0.999
@@ -441,20 +522,22 @@ class _TeacherDDP(torch.nn.Module):
         super().__init__()
         self.dit = dit
 
-    def forward(self, *args):
-        return self.dit.forward_teacher(*args)
+    def forward(self, *args, **kwargs):
+        return self.dit.forward_teacher(*args, **kwargs)
 
 
 @torch.no_grad()
-def _self_rollout_context(model: CausalDiT, z: torch.Tensor, actions: torch.Tensor, sampler: FlowSampler) -> torch.Tensor:
+def _self_rollout_context(model: CausalDiT, z: torch.Tensor, actions: torch.Tensor, sampler: FlowSampler,
+                          memory: MemoryBatch | None = None) -> torch.Tensor:
     """The model's own one-step-ahead predictions as context: frame 0 stays real, frame i>0 is
     generated from the real context < i (teacher-forced, so errors of one generation step enter)."""
     B, T = z.shape[:2]
     ctx_level = torch.zeros(B, T, device=z.device)
+    mem_kw = memory.kwargs(torch.zeros_like(memory.valid)) if memory is not None else {}
     x = torch.randn_like(z)
     ts = sampler.timesteps()
     for t, t_next in zip(ts[:-1], ts[1:]):
-        x0 = model.forward_teacher(z, ctx_level, x, torch.full((B, T), t, device=z.device), actions).float()
+        x0 = model.forward_teacher(z, ctx_level, x, torch.full((B, T), t, device=z.device), actions, **mem_kw).float()
         x = sampler.step(x, x0, t, t_next, torch.randn_like(z))
     out = z.clone()
     out[:, 1:] = x[:, 1:]
@@ -475,8 +558,9 @@ def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: boo
         load_state_strict(dit, _model_tensors(load_checkpoint(init, kind="dit")[0]), init)
     trainer = Trainer("dit", dit, model_cfg, cfg, Path(out), {"data": str(data), "autoencoder": str(ae_path)}, wrap=_TeacherDDP)
     ae = ae.to(trainer.device)
-    train = LatentClips(_open(data, "train", cfg.max_train_episodes, ("frames", "actions")), ae, trainer.device)
-    val = LatentClips(_open(val_data or data, "val", cfg.max_val_episodes, ("frames", "actions", "semantic")), ae, trainer.device)
+    mem_fields = ("pos", "revisit_events") if cfg.memory_frames > 0 else ()
+    train = LatentClips(_open(data, "train", cfg.max_train_episodes, ("frames", "actions", *mem_fields)), ae, trainer.device)
+    val = LatentClips(_open(val_data or data, "val", cfg.max_val_episodes, ("frames", "actions", "semantic", *mem_fields)), ae, trainer.device)
     rng = np.random.default_rng(cfg.seed + 1000 * trainer.rank + trainer.step)
     gen = torch.Generator().manual_seed(cfg.seed + 7919 * trainer.rank + trainer.step)
     per_rank = max(1, cfg.batch // trainer.world)
@@ -484,14 +568,19 @@ def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: boo
     bar = _bar(cfg.steps, trainer.step, progress and trainer.rank == 0, "dit")
     t0, seen = time.perf_counter(), 0
     while trainer.step < cfg.steps:
-        z, a, _ = train.sample(rng, per_rank, cfg.clip_len)
+        memory = None
+        if cfg.memory_frames > 0:
+            z, a, _, memory = train.sample_with_memory(rng, per_rank, cfg.clip_len, cfg)
+            memory = memory.to(trainer.device)
+        else:
+            z, a, _ = train.sample(rng, per_rank, cfg.clip_len)
         z, a = z.to(trainer.device), a.to(trainer.device)
         ctx = None
         if trainer.step >= cfg.self_rollout_after * cfg.steps and rng.random() < cfg.self_rollout_prob:
             with trainer.autocast():
-                ctx = _self_rollout_context(trainer.model, z, a, sampler).float()
+                ctx = _self_rollout_context(trainer.model, z, a, sampler, memory).float()
         with trainer.autocast():
-            loss, parts = dit_loss(trainer.net, z, a, cfg, ctx=ctx, generator=gen)
+            loss, parts = dit_loss(trainer.net, z, a, cfg, ctx=ctx, generator=gen, memory=memory)
         gn = trainer.update(loss)
         seen += per_rank * trainer.world * cfg.clip_len
         if trainer.step % cfg.log_every == 0:
@@ -547,12 +636,32 @@ def validate_dit(trainer: Trainer, ae: Autoencoder, val: LatentClips, cfg: Train
     rec["psnr_copy"] = float(np.mean([_psnr(p, t) for p, t in zip(prev, true)]))
     rec[f"psnr_{best}step"] = float(np.mean([_psnr(p, t) for p, t in zip(pred, true)]))
     rec["psnr_ceiling"] = float(np.mean([_psnr(p, t) for p, t in zip(ceil, true)]))
+    if cfg.memory_frames > 0 and val.pos is not None:
+        rec.update(_validate_memory(trainer, model, val, cfg, n_clips))
     for name, frames in (("copy", prev), (f"{best}step", pred), ("ceiling", ceil)):
         rec.update({f"{k}_{name}": v for k, v in _tile_metrics(frames[:, None], true[:, None]).items()})
     trainer.log({"val": True, **rec})
     _save_grid(trainer.run_dir / "val" / f"dit-{trainer.step:07d}.png", [true[:8], pred[:8], prev[:8]])
     print(f"[val step {trainer.step}] " + " ".join(f"{k}={v:.4f}" for k, v in rec.items() if isinstance(v, float)))
     return rec
+
+
+@torch.no_grad()
+def _validate_memory(trainer: Trainer, model: CausalDiT, val: LatentClips, cfg: TrainConfig, n_clips: int) -> dict[str, float]:
+    """Does the model use its memory? Latent MSE of the last frame of revisit clips predicted in one step from
+    pure noise with the memory frames, and with the same frames masked out."""
+    rng = np.random.default_rng(54321)
+    z, a, _, mem = val.sample_with_memory(rng, n_clips, cfg.clip_len, replace(cfg, memory_dropout=0.0), revisit=1.0)
+    z, a, mem = z.to(trainer.device), a.to(trainer.device), mem.to(trainer.device)
+    B, T = z.shape[:2]
+    x = torch.randn(z.shape, generator=torch.Generator().manual_seed(1)).to(z.device)
+    out: dict[str, float] = {"mem_frames_mean": float(mem.valid.sum(1).mean())}
+    for name, valid in (("mem", mem.valid), ("mem_off", torch.zeros_like(mem.valid))):
+        kw = MemoryBatch(mem.x, mem.t, mem.mem_pose, mem.pose, valid).kwargs(torch.zeros_like(valid))
+        with trainer.autocast():
+            x0 = model.forward_teacher(z, torch.zeros(B, T, device=z.device), x, torch.ones(B, T, device=z.device), a, **kw).float()
+        out[f"lat_mse_{name}"] = (x0[:, -1] - z[:, -1]).pow(2).mean().item()
+    return out
 
 
 def _bar(total: int, start: int, enabled: bool, desc: str):
@@ -584,6 +693,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, help="override the batch size")
     p.add_argument("--lr", type=float, help="override the learning rate")
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
+    p.add_argument("--memory-frames", type=int, help="DiT: memory frames per clip (past frames of the episode beyond the "
+                   "window, for persistence; default: the preset's, 0 = off)")
     p.add_argument("--threads", type=int, help="torch threads per process (default: cores / processes; 1 is much "
                    "faster when other jobs share the cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -596,7 +707,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.data:
         raise SystemExit(f"worldsim train {args.stage}: --data DIR is required")
     cfg = preset(TRAIN_PRESETS[args.stage], args.preset, f"{args.stage} training")
-    over = {k: v for k, v in (("steps", args.steps), ("batch", args.batch), ("lr", args.lr)) if v is not None}
+    over = {k: v for k, v in (("steps", args.steps), ("batch", args.batch), ("lr", args.lr),
+                              ("memory_frames", getattr(args, "memory_frames", None))) if v is not None}
+    if over.get("memory_frames", 0) < 0:
+        raise SystemExit(f"worldsim train: --memory-frames must be >= 0, got {over['memory_frames']}")
     if args.no_bf16:
         over["bf16"] = False
     cfg = replace(cfg, **over)

@@ -1,0 +1,418 @@
+"""Persistent memory beyond the cache window: a bank of past frames with the pose they were seen from.
+
+Why: the KV cache holds only the last `window` frames, so a world model forgets a place once it has
+been out of view for longer than that. The bank keeps one latent per pose cell (the newest frame seen
+from there) with its estimated pose and frame index. Before each frame the session retrieves the few
+entries that hold the newest view of the world cells the next frame shows and the window does not
+(``worldsim.memory.retrieve``), and the denoising passes read them as extra cache slots with their own
+relative time and spatial shift (past_t, past_shift): like window frames seen from elsewhere. The
+commit pass reads the window only (the committed frame already shows what memory gave it), so a frame
+that needs memory pays for it once. Training does the same (``TrainConfig.memory_frames``).
+
+- Poses are estimated at play time from the generated frames and the actions (``worldsim.memory``:
+  view shift + Crafter's walkability rule on the faced tile), starting at (0, 0) on the first frame.
+- A memory slot's keys/values come from one DiT pass over that frame alone (clean, null action, no
+  context), exactly what ``CausalDiT.forward_teacher`` computes for memory frames in training. They are
+  a pure function of the stored latent, so they are cached per session (``MemoryKV``, keyed by the
+  latent's bytes, not part of the state): snapshots stay small and restores stay exact.
+- Only retrieved entries become slots (no padding; the DiT's slot axis is dynamic), so frames that need
+  no memory cost what they cost without it.
+- The bank is bounded: a frame replaces the entry of its pose cell, and when the bank is over capacity
+  the entries that own the fewest world cells (cells a newer entry also shows are not theirs) are
+  evicted, oldest first on ties. Memory and per-frame time stay constant over hours of play.
+- The inventory rows (screen rows 7-8) are not world. A slot is all-or-nothing (past_valid is per
+  frame), so a memory frame's inventory tokens come along, shifted like the rest; their keys also carry
+  the DiT's absolute in-frame position embedding, so the model can tell them from world tokens, and
+  training shows it exactly these inputs (same retrieval, same shifts). The current inventory is always
+  in the window.
+
+Everything here is numpy; ``MemoryBank`` is arrays + JSON-able numbers (snapshot/save friendly).
+Measurements: ``python -m engine.memory pose --data DIR`` and ``python -m engine.memory fps``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from worldsim.actions import NULL_ACTION
+from worldsim.memory import DEFAULT_CELL, HALF_X, HALF_Y, VIEW_COLS, VIEW_ROWS, memory_shift, move_delta, needed_cells, retrieve
+
+MEMORY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """How a session remembers: slots given to the model per frame, bank capacity, pose cell, age clamp."""
+
+    slots: int = 2  # memory frames read by the model per frame (extra cache slots)
+    capacity: int = 512  # bank entries kept at most
+    cell: tuple[int, int] = DEFAULT_CELL  # (x, y) size of a pose cell: a new frame replaces the entry of its cell
+    max_age: int = 1000  # memory time offsets are clamped to -this (training clips never see older ones)
+    min_owned: int = 1  # an entry is given to the model only if it is the newest view of this many needed cells
+
+    def validate(self) -> None:
+        """Raise ValueError for impossible settings."""
+        if self.slots < 1 or self.capacity < 1 or self.max_age < 1 or self.min_owned < 1:
+            raise ValueError(f"memory config {self}: slots, capacity, max_age and min_owned must be >= 1")
+        if len(self.cell) != 2 or min(self.cell) < 1:
+            raise ValueError(f"memory config: cell must be two sizes >= 1, got {self.cell}")
+
+
+class MemoryBank:
+    """The session's memory (part of its state): bank entries + the pose track of the recent frames.
+
+    Entries: latents (n,C,g,g) float32, pose (n,2) int64 (x, y), frame (n,) int64 absolute frame index.
+    Each entry's latent is its own array that is never written again (a replaced entry gets a new one),
+    so a copy (a snapshot, the rewind ring) shares them and costs O(n) pointers, not O(n) latents.
+    trail_pose (m,2) / trail_frame (m,): the estimated poses of the last m frames (window + current).
+    """
+
+    def __init__(self, cfg: MemoryConfig, latents: list[np.ndarray] | np.ndarray, pose: np.ndarray, frame: np.ndarray,
+                 trail_pose: np.ndarray, trail_frame: np.ndarray, trail_len: int, latent_shape: tuple[int, ...] | None = None,
+                 stats: dict | None = None):
+        cfg.validate()
+        self.cfg = cfg
+        self._lat: list[np.ndarray] = list(latents)
+        self.latent_shape = tuple(latent_shape) if latent_shape is not None else tuple(np.shape(latents)[1:])
+        self._pose, self._frame = np.asarray(pose, np.int64).reshape(-1, 2), np.asarray(frame, np.int64).reshape(-1)
+        self.trail_pose, self.trail_frame, self.trail_len = trail_pose, trail_frame, int(trail_len)
+        self.stats = dict(stats) if stats else {"inserted": 0, "replaced": 0, "evicted": 0}
+
+    @classmethod
+    def empty(cls, cfg: MemoryConfig, latent_shape: tuple[int, ...], trail_len: int) -> "MemoryBank":
+        """An empty bank for latents of ``latent_shape`` (C,g,g), tracking the last ``trail_len`` poses."""
+        return cls(cfg, [], np.zeros((0, 2), np.int64), np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros(0, np.int64),
+                   trail_len, latent_shape)
+
+    def __len__(self) -> int:
+        return len(self._frame)
+
+    @property
+    def latents(self) -> np.ndarray:
+        """(n,C,g,g) float32 entry latents (a new stacked array)."""
+        return np.stack(self._lat) if self._lat else np.zeros((0, *self.latent_shape), np.float32)
+
+    def latent(self, i: int) -> np.ndarray:
+        """Entry ``i``'s latent (C,g,g) (read-only by convention)."""
+        return self._lat[i]
+
+    @property
+    def pose(self) -> np.ndarray:
+        """(n,2) int64 entry poses (x, y)."""
+        return self._pose
+
+    @property
+    def frame(self) -> np.ndarray:
+        """(n,) int64 entry frame indices."""
+        return self._frame
+
+    @property
+    def current_pose(self) -> np.ndarray:
+        """The estimated pose (x, y) of the latest frame, int64 (2,)."""
+        return self.trail_pose[-1].copy() if len(self.trail_pose) else np.zeros(2, np.int64)
+
+    # -- updates ------------------------------------------------------------------------------------
+
+    def observe(self, latent: np.ndarray, frame_index: int, pose: np.ndarray) -> None:
+        """Record frame ``frame_index`` (latent (C,g,g)) at ``pose`` (x, y): track it and insert it in the bank."""
+        pose = np.asarray(pose, np.int64).reshape(2)
+        self.trail_pose = np.concatenate([self.trail_pose, pose[None]])[-self.trail_len:]
+        self.trail_frame = np.concatenate([self.trail_frame, [int(frame_index)]])[-self.trail_len:]
+        self.insert(latent, pose, frame_index)
+
+    def insert(self, latent: np.ndarray, pose: np.ndarray, frame_index: int) -> None:
+        """Add an entry; it replaces the entry of the same pose cell (newest wins); evict when over capacity."""
+        latent = np.array(latent, np.float32)  # a private copy: entries are never written in place
+        if latent.shape != self.latent_shape:
+            raise ValueError(f"memory: latent of shape {latent.shape}, the bank holds {self.latent_shape}")
+        pose = np.asarray(pose, np.int64).reshape(2)
+        cell = np.asarray(self.cfg.cell, np.int64)
+        same = np.nonzero((np.floor_divide(self._pose, cell) == np.floor_divide(pose, cell)).all(1))[0]
+        if len(same):
+            i = int(same[0])
+            self._lat[i] = latent
+            self._pose = self._pose.copy()  # copies share nothing that is written (snapshots hold the old arrays)
+            self._frame = self._frame.copy()
+            self._pose[i], self._frame[i] = pose, frame_index
+            self.stats["replaced"] += 1
+        else:
+            self._lat.append(latent)
+            self._pose = np.concatenate([self._pose, pose[None]])
+            self._frame = np.concatenate([self._frame, [int(frame_index)]])
+            self.stats["inserted"] += 1
+        if len(self) > self.cfg.capacity:
+            # evict a batch at once (1/8 of the capacity) so the ownership count runs rarely
+            self._evict(len(self) - self.cfg.capacity + self.cfg.capacity // 8)
+
+    def owned_cells(self) -> np.ndarray:
+        """For each entry, the world cells for which it is the newest view in the bank: int64 (n,)."""
+        n = len(self)
+        if n == 0:
+            return np.zeros(0, np.int64)
+        dx, dy = np.meshgrid(np.arange(-HALF_X, HALF_X + 1), np.arange(-HALF_Y, HALF_Y + 1))
+        xs = (self._pose[:, 0:1] + dx.ravel()[None]).ravel()
+        ys = (self._pose[:, 1:2] + dy.ravel()[None]).ravel()
+        x0, y0 = xs.min(), ys.min()
+        canvas = np.full((ys.max() - y0 + 1, xs.max() - x0 + 1), -1, np.int64)
+        key = np.repeat(self._frame * (n + 1) + np.arange(n), VIEW_ROWS * VIEW_COLS)
+        np.maximum.at(canvas, (ys - y0, xs - x0), key)
+        owner = canvas[canvas >= 0] % (n + 1)
+        return np.bincount(owner, minlength=n)
+
+    def _evict(self, count: int) -> None:
+        owned = self.owned_cells()
+        drop = np.lexsort((self._frame, owned))[:count]  # fewest owned cells first, then oldest
+        keep = np.setdiff1d(np.arange(len(self)), drop)
+        self._lat = [self._lat[i] for i in keep]
+        self._pose, self._frame = self._pose[keep], self._frame[keep]
+        self.stats["evicted"] += len(drop)
+
+    # -- reads ----------------------------------------------------------------------------------------
+
+    def retrieve(self, target_poses: np.ndarray, first_frame: int, window: int) -> np.ndarray:
+        """Bank rows (<= slots,) to show the model when it generates frame ``first_frame`` (and the chunk after
+        it) at ``target_poses`` (k, 2): entries older than the window (frames < first_frame - window) that
+        hold the newest view of cells the targets show and the window's frames do not."""
+        lo = first_frame - window
+        win = self.trail_pose[(self.trail_frame >= lo) & (self.trail_frame < first_frame)]
+        cells = needed_cells(target_poses, win)
+        return retrieve(self.pose, self.frame, cells, self.cfg.slots, self.cfg.min_owned, candidates=self.frame < lo)
+
+    # -- state ----------------------------------------------------------------------------------------
+
+    def copy(self) -> "MemoryBank":
+        """A copy that shares the (never written) entry latents: O(n) pointers."""
+        return MemoryBank(self.cfg, list(self._lat), self._pose.copy(), self._frame.copy(), self.trail_pose.copy(),
+                          self.trail_frame.copy(), self.trail_len, self.latent_shape, self.stats)
+
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Arrays (names prefixed memory_) + JSON-able meta, for saving."""
+        arrays = {"memory_latents": self.latents, "memory_pose": self.pose, "memory_frame": self.frame,
+                  "memory_trail_pose": self.trail_pose, "memory_trail_frame": self.trail_frame}
+        c = self.cfg
+        meta = {"version": MEMORY_VERSION, "slots": c.slots, "capacity": c.capacity, "cell": list(c.cell), "max_age": c.max_age,
+                "min_owned": c.min_owned, "trail_len": self.trail_len, "stats": dict(self.stats)}
+        return arrays, meta
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> "MemoryBank":
+        """Inverse of to_arrays; raises ValueError naming what is missing or inconsistent."""
+        if not isinstance(meta, dict) or meta.get("version") != MEMORY_VERSION:
+            raise ValueError(f"memory: version {meta.get('version') if isinstance(meta, dict) else meta!r} is not supported "
+                             f"(expected {MEMORY_VERSION})")
+        names = ("memory_latents", "memory_pose", "memory_frame", "memory_trail_pose", "memory_trail_frame")
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise ValueError(f"memory: missing arrays {missing}")
+        lat, pose, frame = arrays["memory_latents"], arrays["memory_pose"], arrays["memory_frame"]
+        tp, tf = arrays["memory_trail_pose"], arrays["memory_trail_frame"]
+        n = len(frame)
+        if lat.ndim != 4 or len(lat) != n or pose.shape != (n, 2) or tp.ndim != 2 or tp.shape[1:] != (2,) or tf.shape != (len(tp),):
+            raise ValueError(f"memory: inconsistent arrays latents {lat.shape}, pose {pose.shape}, frame {frame.shape}, "
+                             f"trail {tp.shape}/{tf.shape}")
+        cfg = MemoryConfig(int(meta["slots"]), int(meta["capacity"]), tuple(int(v) for v in meta["cell"]), int(meta["max_age"]),
+                           int(meta["min_owned"]))
+        cfg.validate()
+        lat = lat.astype(np.float32)
+        return cls(cfg, [lat[i].copy() for i in range(n)], pose.astype(np.int64), frame.astype(np.int64), tp.astype(np.int64),
+                   tf.astype(np.int64), int(meta["trail_len"]), lat.shape[1:], dict(meta.get("stats", {})))
+
+
+class MemoryKV:
+    """Per-session cache of memory slots' keys/values (derived data: not part of the state).
+
+    ``backend.dit`` over one frame alone gives its keys/values; they depend only on the latent, so they
+    are computed once per bank entry (one frame at a time: the same numbers whatever else is missing)
+    and kept for the most recently used entries.
+    """
+
+    def __init__(self, keep: int = 16):
+        self.keep = keep
+        self._kv: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        self.computed = 0  # passes run (for timing reports)
+
+    def clear(self) -> None:
+        """Forget every cached entry."""
+        self._kv.clear()
+
+    def get(self, backend, latent: np.ndarray, empty_kv: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Keys/values (L,1,H,N,dh) of the memory frame ``latent`` (C,g,g) (keyed by its bytes: exact after any restore)."""
+        key = np.asarray(latent, np.float32).tobytes()
+        hit = self._kv.pop(key, None)
+        if hit is None:
+            pk, pv, pt, pvalid, pshift = empty_kv
+            x = np.asarray(latent, np.float32)[None, None]
+            _, k, v = backend.dit(x, np.zeros((1, 1), np.float32), np.full((1, 1), NULL_ACTION, np.int64), pk, pv, pt, pvalid, pshift)
+            hit = (k, v)
+            self.computed += 1
+        self._kv[key] = hit  # most recently used last
+        while len(self._kv) > self.keep:
+            self._kv.pop(next(iter(self._kv)))
+        return hit
+
+
+def memory_slots(bank: MemoryBank, kv: MemoryKV, backend, rows: np.ndarray, first_frame: int, empty_kv: tuple[np.ndarray, ...],
+                 tokens_per_frame: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Extra cache slots for bank ``rows`` (m <= cfg.slots of them): -> (k, v (L,1,H,m*N,dh), past_t (1,m),
+    past_valid (1,m), poses (m,2)) with times relative to ``first_frame`` (clamped to -max_age).
+
+    Only retrieved entries become slots (no padding): a frame that needs no memory costs what it costs
+    without memory, and the DiT's slot axis is dynamic in every backend graph.
+    """
+    rows = np.asarray(rows, np.int64)[:bank.cfg.slots]
+    m, N = len(rows), tokens_per_frame
+    L, _, H, _, dh = empty_kv[0].shape
+    k = np.empty((L, 1, H, m * N, dh), np.float32)
+    v = np.empty_like(k)
+    for j, r in enumerate(rows):
+        k[:, :, :, j * N:(j + 1) * N], v[:, :, :, j * N:(j + 1) * N] = kv.get(backend, bank.latent(int(r)), empty_kv)
+    t = np.maximum(bank.frame[rows] - first_frame, -bank.cfg.max_age).astype(np.float32)[None]
+    return k, v, t, np.ones((1, m), np.float32), bank.pose[rows].copy()
+
+
+def slot_shift(poses: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """past_shift (1,m,2) of memory slots seen from ``poses`` (m,2) and read by a frame at ``pose`` (x, y)."""
+    return memory_shift(poses, pose)[None].astype(np.float32)
+
+
+def predicted_poses(pose: np.ndarray, actions: list[int]) -> np.ndarray:
+    """Poses (k, 2) of the next k frames if every move succeeds (the retrieval target before generating)."""
+    out = np.zeros((len(actions), 2), np.int64)
+    p = np.asarray(pose, np.int64).copy()
+    for i, a in enumerate(actions):
+        p = p + np.array(move_delta(a))
+        out[i] = p
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# measurements: `python -m engine.memory pose|fps` (what docs/memory.md reports)
+
+
+def measure_pose(data: str, episodes: int = 10) -> dict:
+    """Pose estimation on real recorded frames (a dataset's first ``episodes`` episodes, any split) against the
+    recorded positions: moves right (per move action), revisits whose pose change from placing the block
+    to seeing it again is exact, and the cost per frame."""
+    import time
+
+    from worldsim.data.dataset import open_dataset
+    from worldsim.memory import estimate_move, target_walkable
+
+    store = open_dataset(data).load("all", fields=("frames", "actions", "pos", "revisit_events"), max_episodes=episodes)
+    out = {"episodes": len(store), "frames": store.num_frames, "moves": 0}
+    for name in ("rule+view", "view"):
+        out[name] = {"moves_right": 0, "revisits_exact": 0, "revisits": 0}
+    cost = []
+    for ep in store.episodes:
+        fr, ac, pos = ep["frames"], np.asarray(ep["actions"], np.int64), np.asarray(ep["pos"], np.int64)
+        est = {name: np.zeros_like(pos) for name in ("rule+view", "view")}
+        for t in range(len(fr) - 1):
+            a = int(ac[t])
+            t0 = time.perf_counter()
+            both = estimate_move(fr[t], fr[t + 1], a, target_walkable(fr[t], a, fr[t + 1]))
+            cost.append(time.perf_counter() - t0)
+            moved = {"rule+view": both, "view": estimate_move(fr[t], fr[t + 1], a)}
+            moving = move_delta(a) != (0, 0)
+            out["moves"] += moving
+            for name, d in moved.items():
+                est[name][t + 1] = est[name][t] + d
+                out[name]["moves_right"] += bool(moving and (est[name][t + 1] - est[name][t] == pos[t + 1] - pos[t]).all())
+        for name in est:
+            for t_place, _, t_back, *_ in np.asarray(ep["revisit_events"]).reshape(-1, 6):
+                out[name]["revisits"] += 1
+                out[name]["revisits_exact"] += bool(((est[name][t_back] - est[name][t_place]) == (pos[t_back] - pos[t_place])).all())
+    for name in ("rule+view", "view"):
+        out[name]["moves_right"] /= max(1, out["moves"])
+    out["ms_per_frame"] = float(np.mean(cost) * 1e3)
+    return out
+
+
+def measure_fps(dit: str = "small", frames: int = 300, data: str | None = None, threads: int = 1) -> dict:
+    """fps of the `fast` and `memory` presets on a random-weight world, stepped alternately (one frame each,
+    so load on the machine hits both alike). With ``data``, the actions (and, since random weights draw no
+    real game, the player's moves) are those of a recorded explorer episode, so memory is read as often as
+    in real play with revisits; then a bound: every frame reads `slots` memory frames (their K/V cached)."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from engine.testing import make_random_world
+    from engine.world import World
+    from worldsim.actions import ACTION_NAMES
+
+    moves = None
+    if data:
+        from worldsim.data.dataset import open_dataset
+
+        ep = open_dataset(data).load("all", fields=("actions", "pos"), max_episodes=1).episodes[0]
+        acts = [ACTION_NAMES[int(a)] for a in ep["actions"][:-1]]
+        moves = np.diff(np.asarray(ep["pos"], np.int64), axis=0)
+    else:
+        acts = ["move_left", "move_left", "move_up", "do", "move_right", "noop", "move_down", "do", "place_stone", "move_up"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = make_random_world(Path(tmp) / dit, dit=dit)
+        w0 = World.load(path, backend="onnxruntime", threads=threads)
+        w1 = World.load(path, backend="onnxruntime", threads=threads, preset="memory")
+        s0, s1 = w0.new_session(seed=0), w1.new_session(seed=0)
+        clock = [0]
+        if moves is not None:  # the recording's moves stand in for what a trained model would draw
+            s1._moves = lambda prev, fr, a: moves[clock[0]:clock[0] + 1]
+        out: dict = {"dit": dit, "frames": frames, "backend": "onnxruntime", "threads": threads}
+
+        def run(n: int) -> tuple[float, float, list[int]]:
+            t = {0: 0.0, 1: 0.0}
+            slots = []
+            for i in range(n):
+                a = acts[clock[0] % len(acts)]
+                for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+                    t0 = time.perf_counter()
+                    (s0, s1)[j].step(a)
+                    t[j] += time.perf_counter() - t0
+                slots.append(s1.timings["memory_slots"])
+                clock[0] = (clock[0] + 1) % len(acts)
+            return n / t[0], n / t[1], slots
+
+        run(20)  # warm up: fill the window
+        kv0 = s1._mem_kv.computed
+        f0, f1, slots = run(frames)
+        out["play"] = {"fps_fast": f0, "fps_memory": f1, "ratio": f1 / f0, "memory_slots_per_frame": float(np.mean(slots)),
+                       "frames_with_memory": float(np.mean(np.array(slots) > 0)), "kv_passes_per_frame": (s1._mem_kv.computed - kv0) / frames,
+                       "bank_entries": len(s1._state.memory)}
+        bank = s1._state.memory
+        n_slots = bank.cfg.slots
+        bank.retrieve = lambda targets, first, window: np.nonzero(bank.frame < first - window)[0][:n_slots]
+        f0, f1, slots = run(frames // 2)
+        out["every_frame_reads_memory"] = {"fps_fast": f0, "fps_memory": f1, "ratio": f1 / f0, "memory_slots_per_frame": float(np.mean(slots))}
+    return out
+
+
+def add_arguments(p) -> None:
+    """Arguments of the measurements (`python -m engine.memory pose|fps ...`; ready for a CLI subcommand)."""
+    sub = p.add_subparsers(dest="what", required=True)
+    pp = sub.add_parser("pose", help="pose estimation on real recorded frames")
+    pp.add_argument("--data", required=True, help="a recorded dataset (e.g. /work/data/crafter-val)")
+    pp.add_argument("--episodes", type=int, default=10)
+    pf = sub.add_parser("fps", help="fps with memory against without, on a random-weight world")
+    pf.add_argument("--dit", default="small", help="DiT preset of the random world (default: small)")
+    pf.add_argument("--frames", type=int, default=300)
+    pf.add_argument("--data", default=None, help="take actions and moves from this dataset's first episode")
+    pf.add_argument("--threads", type=int, default=1)
+
+
+def run(args) -> int:
+    """Run a measurement and print its results as JSON."""
+    import json
+
+    res = measure_pose(args.data, args.episodes) if args.what == "pose" else measure_fps(args.dit, args.frames, args.data, args.threads)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m engine.memory", description="measure the memory's pose estimation and fps cost")
+    add_arguments(parser)
+    raise SystemExit(run(parser.parse_args()))
