@@ -50,6 +50,10 @@ class SessionBatch:
         world = sessions[0].world
         if any(s.world is not world for s in sessions):
             raise ValueError("all sessions of a batch must belong to the same World object (same weights, backend and preset)")
+        if world.memory_config is not None:
+            # batched stepping reads no memory slots: refuse rather than silently drop what the sessions remember
+            raise ValueError(f"SessionBatch does not support memory (preset {world.preset_name!r} reads {world.preset.memory} "
+                             "memory frames); step memory sessions one at a time")
         self.sessions = sessions
         self.world = world
         st = sessions[0]._state

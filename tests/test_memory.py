@@ -507,3 +507,14 @@ def test_sessions_see_memory_config_from_the_preset(world_dir):
     for a in ["move_left", "move_up", "move_right", "move_down"] * 20:
         s.step(a)
     assert len(s.snapshot().memory) <= 32
+
+
+def test_session_batch_refuses_memory_sessions(tmp_path):
+    """Batched stepping reads no memory: it must refuse memory sessions instead of silently ignoring them."""
+    from engine import World
+    from engine.batch import SessionBatch
+    from engine.testing import make_tiny_world
+
+    world = World.load(make_tiny_world(tmp_path / "w"), backend="onnxruntime", preset="memory", threads=1)
+    with pytest.raises(ValueError, match="memory"):
+        SessionBatch([world.new_session(seed=0), world.new_session(seed=1)])
