@@ -217,27 +217,13 @@ def bundle_configs(m: dict[str, Any], where: str = MANIFEST):
 def load_bundle_world(world_cls, path: Path, backend: str | None, preset, threads: int | None, overrides: dict[str, Any]):
     """World.load for a bundle directory: validated graphs on onnxruntime (or tensorrt plans); no torch weights."""
     from engine.backends import BACKENDS, BackendUnavailable, OrtBackend, tensorrt_unavailable_reason
-    from engine.world import RUNTIME_PRESETS, RuntimePreset, _load_opening
+    from engine.world import _load_opening, resolve_preset
 
     m = read_manifest(path)
     ae_cfg, dit_cfg = bundle_configs(m)
     world = m["world"]
-    # preset resolution mirrors World.load for world directories
-    if isinstance(preset, str):
-        if preset not in RUNTIME_PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(RUNTIME_PRESETS)}")
-        preset = RUNTIME_PRESETS[preset]
-    if overrides:
-        unknown = sorted(set(overrides) - set(RuntimePreset.__dataclass_fields__) - {"name"})
-        if unknown or "name" in overrides:
-            raise ValueError(f"unknown World.load option(s) {unknown or ['name']}; preset overrides are "
-                             f"{', '.join(f for f in RuntimePreset.__dataclass_fields__ if f != 'name')}")
-        preset = RuntimePreset(**{**preset.__dict__, **overrides})
-    max_window = int(world.get("max_window", preset.window))
-    if preset.window > max_window:
-        preset = RuntimePreset(**{**preset.__dict__, "window": max_window})
-    if preset.steps < 1 or preset.window < 1 or preset.chunk < 1:
-        raise ValueError(f"preset {preset} needs steps, window and chunk >= 1")
+    max_window = int(world.get("max_window", 10**6))  # a bundle without max_window: no cap
+    preset = resolve_preset(preset, overrides, max_window)
     opening = _load_opening(path / m["files"]["opening"]["file"])
     if opening[0].shape[1:] != (ae_cfg.image_size, ae_cfg.image_size, 3):
         raise BundleError(f"{path}: opening frames are {opening[0].shape[1:]}, the bundle renders {ae_cfg.image_size}px")

@@ -57,6 +57,28 @@ RUNTIME_PRESETS: dict[str, RuntimePreset] = {
 }
 
 
+def resolve_preset(preset: "str | RuntimePreset", overrides: dict[str, Any], max_window: int) -> "RuntimePreset":
+    """A preset by name or value, with World.load overrides applied, its window capped at what the model
+    was trained on; clear errors for unknown names/options and invalid values."""
+    if isinstance(preset, str):
+        if preset not in RUNTIME_PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(RUNTIME_PRESETS)}")
+        preset = RUNTIME_PRESETS[preset]
+    if overrides:
+        unknown = sorted(set(overrides) - set(RuntimePreset.__dataclass_fields__) - {"name"})
+        if unknown or "name" in overrides:
+            raise ValueError(f"unknown World.load option(s) {unknown or ['name']}; preset overrides are "
+                             f"{', '.join(f for f in RuntimePreset.__dataclass_fields__ if f != 'name')}")
+        preset = RuntimePreset(**{**preset.__dict__, **overrides})
+    if preset.window > max_window:
+        preset = RuntimePreset(**{**preset.__dict__, "window": max_window})  # never past what the model was trained on
+    if preset.steps < 1 or preset.window < 1 or preset.chunk < 1:
+        raise ValueError(f"preset {preset} needs steps, window and chunk >= 1")
+    if preset.memory < 0 or preset.memory_capacity < 1:
+        raise ValueError(f"preset {preset}: memory must be >= 0 (0 = off) and memory_capacity >= 1")
+    return preset
+
+
 def default_world_dir() -> Path:
     """The shipped default world (inside the worldsim package)."""
     from importlib.resources import files
@@ -107,23 +129,7 @@ class World:
             raise ValueError(f"{path / 'world.json'}: not a worldsim world (format {meta.get('format')!r})")
         if meta.get("version") != WORLD_VERSION:
             raise ValueError(f"{path / 'world.json'}: world format version {meta.get('version')} is not supported (expected {WORLD_VERSION})")
-        if isinstance(preset, str):
-            if preset not in RUNTIME_PRESETS:
-                raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(RUNTIME_PRESETS)}")
-            preset = RUNTIME_PRESETS[preset]
-        if overrides:
-            unknown = sorted(set(overrides) - set(RuntimePreset.__dataclass_fields__) - {"name"})
-            if unknown or "name" in overrides:
-                raise ValueError(f"unknown World.load option(s) {unknown or ['name']}; preset overrides are "
-                                 f"{', '.join(f for f in RuntimePreset.__dataclass_fields__ if f != 'name')}")
-            preset = RuntimePreset(**{**preset.__dict__, **overrides})
-        max_window = int(meta.get("max_window", preset.window))
-        if preset.window > max_window:
-            preset = RuntimePreset(**{**preset.__dict__, "window": max_window})  # never past what the model was trained on
-        if preset.steps < 1 or preset.window < 1 or preset.chunk < 1:
-            raise ValueError(f"preset {preset} needs steps, window and chunk >= 1")
-        if preset.memory < 0 or preset.memory_capacity < 1:
-            raise ValueError(f"preset {preset}: memory must be >= 0 (0 = off) and memory_capacity >= 1")
+        preset = resolve_preset(preset, overrides, int(meta.get("max_window", 10**9)))
         ae_path, dit_path = path / meta.get("autoencoder", "autoencoder.safetensors"), path / meta.get("dit", "dit.safetensors")
         opening = _load_opening(path / meta.get("opening", "opening.npz"))
         from worldsim.train import load_autoencoder, load_dit  # checkpoint errors are clear CheckpointErrors
