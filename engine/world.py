@@ -289,11 +289,11 @@ def _best_backend() -> str:
 
 
 def _peek_config(path: Path, kind: str) -> dict:
-    from worldsim.checkpoint import CheckpointError, load_checkpoint
+    from worldsim.checkpoint import CheckpointError, read_meta
 
     if not path.is_file():
         raise FileNotFoundError(f"{kind} weights not found: {path}")
-    _, meta = load_checkpoint(path, kind=kind)
+    meta = read_meta(path, kind=kind)
     if "config" not in meta:
         raise CheckpointError(f"{path}: no config in the checkpoint metadata")
     return meta["config"]
@@ -476,32 +476,42 @@ class Session:
             if frames is not None:
                 return frames
         st = self._state
+        first = st.frame_index + 1
+        t0 = time.perf_counter()
+        past_t, past_valid = st.cache.inputs(first)
+        shift = np.zeros((1, st.cache.slots, 2), np.float32)
+        frames, _, timings = self._generate(acts, st.cache.k, st.cache.v, past_t, past_valid, shift, t0)
+        self.timings = timings
+        return frames
+
+    def _generate(self, acts: list[int], past_k: np.ndarray, past_v: np.ndarray, past_t: np.ndarray, past_valid: np.ndarray,
+                  shift: np.ndarray, t0: float) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        """Denoise k frames against the given past, commit them to the window cache, decode, advance the state.
+
+        -> (frames uint8 (k,H,W,3), latents (k,C,g,g), timings since t0)."""
+        st = self._state
         w = self.world
         k = len(acts)
         d = w.dit_cfg
         first = st.frame_index + 1
         a = np.array([acts], np.int64)
-        t0 = time.perf_counter()
         x = self._rng.standard_normal((1, k, d.latent_channels, d.grid, d.grid), dtype=np.float32)
-        past_t, past_valid = st.cache.inputs(first)
-        shift = np.zeros((1, st.cache.slots, 2), np.float32)
         ts = w.sampler.timesteps()
-        x0 = x
         for t, t_next in zip(ts[:-1], ts[1:]):
-            x0, _, _ = w.backend.dit(x, np.full((1, k), t, np.float32), a, st.cache.k, st.cache.v, past_t, past_valid, shift)
+            x0, _, _ = w.backend.dit(x, np.full((1, k), t, np.float32), a, past_k, past_v, past_t, past_valid, shift)
             noise = self._rng.standard_normal(x.shape, dtype=np.float32) if (w.sampler.stochastic and t_next > 0) else None
             x = w.sampler.step(x, x0, t, t_next, noise)
         x0 = np.asarray(x, np.float32)
         t1 = time.perf_counter()
-        commit_s = self._commit(x0, a, first)
+        commit_s = self._commit(x0, a, first)  # the window only: a committed frame already shows what memory gave it
         t2 = time.perf_counter()
         frames = w.backend.decode(x0[0])  # (k,H,W,3)
         t3 = time.perf_counter()
         st.frame_index += k
         st.frame = frames[-1].copy()
         st.latent = x0[0, -1].copy()
-        self.timings = {"denoise_ms": (t1 - t0) * 1e3, "commit_ms": commit_s * 1e3, "decode_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}
-        return frames
+        timings = {"denoise_ms": (t1 - t0) * 1e3, "commit_ms": commit_s * 1e3, "decode_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}
+        return frames, x0[0], timings
 
     # -- memory (preset.memory > 0) -------------------------------------------------------------------
 
@@ -536,7 +546,6 @@ class Session:
         k = len(acts)
         d = w.dit_cfg
         first = st.frame_index + 1
-        a = np.array([acts], np.int64)
         t0 = time.perf_counter()
         targets = predicted_poses(bank.current_pose, acts)  # where the player will be if its moves succeed
         rows = bank.retrieve(targets, first, w.preset.window)
@@ -548,26 +557,12 @@ class Session:
             past_t, past_valid = np.concatenate([past_t, mt], 1), np.concatenate([past_valid, mvalid], 1)
             shift = np.concatenate([shift, slot_shift(mposes, targets[0])], 1)
         t_mem = time.perf_counter()
-        x = self._rng.standard_normal((1, k, d.latent_channels, d.grid, d.grid), dtype=np.float32)
-        ts = w.sampler.timesteps()
-        x0 = x
-        for t, t_next in zip(ts[:-1], ts[1:]):
-            x0, _, _ = w.backend.dit(x, np.full((1, k), t, np.float32), a, past_k, past_v, past_t, past_valid, shift)
-            noise = self._rng.standard_normal(x.shape, dtype=np.float32) if (w.sampler.stochastic and t_next > 0) else None
-            x = w.sampler.step(x, x0, t, t_next, noise)
-        x0 = np.asarray(x, np.float32)
-        t1 = time.perf_counter()
-        commit_s = self._commit(x0, a, first)  # the window only: a committed frame already shows what memory gave it
-        t2 = time.perf_counter()
-        frames = w.backend.decode(x0[0])  # (k,H,W,3)
+        prev = st.frame
+        frames, latents, timings = self._generate(acts, past_k, past_v, past_t, past_valid, shift, t_mem)
         t3 = time.perf_counter()
-        poses = bank.current_pose + np.cumsum(self._moves(st.frame, frames, acts), 0)  # (k,2), read from the new pixels
-        st.frame_index += k
-        st.frame = frames[-1].copy()
-        st.latent = x0[0, -1].copy()
+        poses = bank.current_pose + np.cumsum(self._moves(prev, frames, acts), 0)  # (k,2), read from the new pixels
         for i in range(k):
-            bank.observe(x0[0, i], first + i, poses[i])
+            bank.observe(latents[i], first + i, poses[i])
         t4 = time.perf_counter()
-        self.timings = {"denoise_ms": (t1 - t_mem) * 1e3, "commit_ms": commit_s * 1e3, "decode_ms": (t3 - t2) * 1e3,
-                        "memory_ms": ((t_mem - t0) + (t4 - t3)) * 1e3, "memory_slots": len(rows), "total_ms": (t4 - t0) * 1e3}
+        self.timings = {**timings, "memory_ms": ((t_mem - t0) + (t4 - t3)) * 1e3, "memory_slots": len(rows), "total_ms": (t4 - t0) * 1e3}
         return frames

@@ -27,6 +27,34 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], m
         save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
 
 
+def read_meta(path: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:
+    """A checkpoint's meta (config, kind, step...) without reading its tensors; errors as load_checkpoint."""
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a safetensors file: {e}") from None
+    return _parse_meta(path, raw, kind)
+
+
+def _parse_meta(path: Path, raw: str | None, kind: str | None) -> dict[str, Any]:
+    if raw is None:
+        raise CheckpointError(f"checkpoint {path} has no '{META_KEY}' metadata (not a worldsim checkpoint)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint {path} has corrupt metadata: {e}") from None
+    if kind is not None and meta.get("kind") != kind:
+        raise CheckpointError(f"checkpoint {path} holds a {meta.get('kind')!r} model, expected {kind!r}")
+    return meta
+
+
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load (tensors, meta); raise CheckpointError naming the file if it is missing, corrupt or of another kind."""
     from safetensors import SafetensorError
@@ -41,15 +69,7 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> tuple[d
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or not a safetensors file: {e}") from None
-    if raw is None:
-        raise CheckpointError(f"checkpoint {path} has no '{META_KEY}' metadata (not a worldsim checkpoint)")
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"checkpoint {path} has corrupt metadata: {e}") from None
-    if kind is not None and meta.get("kind") != kind:
-        raise CheckpointError(f"checkpoint {path} holds a {meta.get('kind')!r} model, expected {kind!r}")
-    return tensors, meta
+    return tensors, _parse_meta(path, raw, kind)
 
 
 def load_state_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | os.PathLike = "<memory>") -> None:

@@ -21,9 +21,10 @@ from worldsim.io import atomic_path, atomic_write_json
 
 def _strip_to_ema(src: Path, dst: Path, kind: str) -> dict:
     """Copy a checkpoint keeping only the shipped (EMA) weights and the config; -> its meta."""
+    from worldsim.train import model_tensors
+
     tensors, meta = load_checkpoint(src, kind=kind)
-    if any(k.startswith("ema.") for k in tensors):
-        tensors = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    tensors = model_tensors(tensors)
     keep = {k: meta[k] for k in ("kind", "config", "step", "train", "data") if k in meta}
     save_checkpoint(dst, tensors, keep)
     return keep

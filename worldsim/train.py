@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from worldsim.actions import NULL_ACTION
 from worldsim.autoencoder import AEConfig, Autoencoder, ae_config_from_dict, ae_preset, frames_to_tensor, tensor_to_frames
-from worldsim.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from worldsim.checkpoint import CheckpointError, load_checkpoint, load_state_strict, read_meta, save_checkpoint
 from worldsim.config import config_from_dict, config_to_dict, preset
 from worldsim.diffusion import FlowSampler, add_noise, sample_context_levels, sample_target_levels
 from worldsim.dit import CausalDiT, DiTConfig, dit_config_from_dict, dit_preset
@@ -140,25 +140,24 @@ def save_model(path: str | os.PathLike, kind: str, model: torch.nn.Module, cfg: 
     save_checkpoint(path, dict(model.state_dict()), meta)
 
 
+def _load_model(path: str | os.PathLike, kind: str, cls: type, config_from_dict) -> torch.nn.Module:
+    tensors, meta = load_checkpoint(path, kind=kind)
+    model = cls(config_from_dict(meta["config"]))
+    load_state_strict(model, model_tensors(tensors), path)
+    return model.eval()
+
+
 def load_autoencoder(path: str | os.PathLike) -> Autoencoder:
     """Load an autoencoder checkpoint (EMA weights when the file is a training state)."""
-    tensors, meta = load_checkpoint(path, kind="autoencoder")
-    cfg = ae_config_from_dict(meta["config"])
-    model = Autoencoder(cfg)
-    load_state_strict(model, _model_tensors(tensors), path)
-    return model.eval()
+    return _load_model(path, "autoencoder", Autoencoder, ae_config_from_dict)
 
 
 def load_dit(path: str | os.PathLike) -> CausalDiT:
     """Load a DiT checkpoint (EMA weights when the file is a training state)."""
-    tensors, meta = load_checkpoint(path, kind="dit")
-    cfg = dit_config_from_dict(meta["config"])
-    model = CausalDiT(cfg)
-    load_state_strict(model, _model_tensors(tensors), path)
-    return model.eval()
+    return _load_model(path, "dit", CausalDiT, dit_config_from_dict)
 
 
-def _model_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def model_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """From a training state take the EMA weights; a plain model file passes through."""
     if any(k.startswith("ema.") for k in tensors):
         return {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
@@ -555,7 +554,7 @@ def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: boo
     torch.manual_seed(cfg.seed)
     dit = CausalDiT(model_cfg)
     if init is not None and not (Path(out) / "last.safetensors").exists():
-        load_state_strict(dit, _model_tensors(load_checkpoint(init, kind="dit")[0]), init)
+        load_state_strict(dit, model_tensors(load_checkpoint(init, kind="dit")[0]), init)
     trainer = Trainer("dit", dit, model_cfg, cfg, Path(out), {"data": str(data), "autoencoder": str(ae_path)}, wrap=_TeacherDDP)
     ae = ae.to(trainer.device)
     mem_fields = ("pos", "revisit_events") if cfg.memory_frames > 0 else ()
@@ -733,7 +732,7 @@ def _run_package(args: argparse.Namespace) -> int:
 
     if not (args.ae and args.dit and args.opening_data):
         raise SystemExit("worldsim train package: --ae, --dit and --opening-data are required")
-    _, meta = load_checkpoint(args.dit, kind="dit")
+    meta = read_meta(args.dit, kind="dit")
     clip_len = int(meta.get("train", {}).get("clip_len", 8))
     out = package_world(args.out, args.ae, args.dit, opening_from_dataset(args.opening_data), max_window=clip_len - 1,
                         model_card=args.model_card)
