@@ -58,18 +58,14 @@ def _parse_meta(path: Path, raw: str | None, kind: str | None) -> dict[str, Any]
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load (tensors, meta); raise CheckpointError naming the file if it is missing, corrupt or of another kind."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    from safetensors.torch import load_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    meta = read_meta(path, kind)  # checks existence, the header and the kind before reading any tensor
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(META_KEY)
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or not a safetensors file: {e}") from None
-    return tensors, _parse_meta(path, raw, kind)
+    return tensors, meta
 
 
 def load_state_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | os.PathLike = "<memory>") -> None:
