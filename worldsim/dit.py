@@ -45,6 +45,9 @@ class DiTConfig:
     time_pairs: int = 8  # rotary pairs (per head) given to the time axis; the rest split between rows/cols
     rope_base_space: float = 100.0
     rope_base_time: float = 1000.0
+    # learned attention bias from each query to the previous frame's keys, by the query frame's action and the
+    # (dy, dx) offset (0 = off: checkpoints from before it load unchanged); see PrevFrameBias
+    prev_bias: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -66,9 +69,9 @@ class DiTConfig:
 
 
 DIT_PRESETS: dict[str, DiTConfig] = {
-    "tiny": DiTConfig(latent_channels=8, d_model=32, n_layers=2, n_heads=2, mlp_ratio=2.0, time_pairs=2),
-    "small": DiTConfig(),
-    "base": DiTConfig(d_model=256, n_layers=8, n_heads=4, mlp_ratio=4.0),
+    "tiny": DiTConfig(latent_channels=8, d_model=32, n_layers=2, n_heads=2, mlp_ratio=2.0, time_pairs=2, prev_bias=True),
+    "small": DiTConfig(prev_bias=True),
+    "base": DiTConfig(d_model=256, n_layers=8, n_heads=4, mlp_ratio=4.0, prev_bias=True),
 }
 
 
@@ -232,6 +235,62 @@ class Block(nn.Module):
         return h, k_store, v
 
 
+def _subdiagonal(n: int, like: torch.Tensor) -> torch.Tensor:
+    """(n,n) with 1 at [i, i-1] (aten::diag has no ONNX export)."""
+    i = torch.arange(n, device=like.device)
+    return (i[:, None] - 1 == i[None, :]).to(like.dtype)
+
+
+class PrevFrameBias(nn.Module):
+    """Learned additive attention bias from a query token to the keys of the frame just before its own, looked
+    up by the query frame's action and the key's (dy, dx) offset from the query.
+
+    Why: a move shifts the whole view by one tile, so frame t is mostly frame t-1 read at an offset that
+    the action picks. Through rotary positions alone the model must discover that pattern from content;
+    here it is one table entry per (layer, action, head, offset), learned directly, and the heads that
+    copy the previous frame can point at the right tile from the first steps of training.
+    The table is stored divided by GAIN: Adam moves a parameter by about lr per step, and a useful bias is
+    a few units, so without the gain it would take thousands of steps to grow.
+    """
+
+    GAIN = 32.0
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        g = cfg.grid
+        side = 2 * g - 1  # offsets -(g-1) .. g-1 on each axis
+        self.table = nn.Parameter(torch.zeros(cfg.n_layers, cfg.num_actions, cfg.n_heads, side * side))
+        yy, xx = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+        y, x = yy.flatten(), xx.flatten()
+        idx = (y[None, :] - y[:, None] + g - 1) * side + (x[None, :] - x[:, None] + g - 1)  # (N query, N key)
+        self.register_buffer("idx", idx, persistent=False)
+
+    def frame_bias(self, actions: torch.Tensor) -> torch.Tensor:
+        """actions (B,F) -> per-layer bias of each frame's queries onto its previous frame (L,B,F,H,N,N)."""
+        return (self.table * self.GAIN)[:, actions][..., self.idx]
+
+    def teacher(self, actions: torch.Tensor, T: int) -> torch.Tensor:
+        """actions (B,T) -> (L,B,H,T*N,T*N): query frame i onto key frame i-1 of the same stream layout."""
+        s = self.frame_bias(actions)  # (L,B,T,H,N,N)
+        sub = _subdiagonal(T, s)
+        L, B, _, H, N, _ = s.shape
+        blk = s[:, :, :, :, :, None, :] * sub[None, None, :, None, None, :, None]  # (L,B,T,H,N,T,N)
+        return blk.permute(0, 1, 3, 2, 4, 5, 6).reshape(L, B, H, T * N, T * N)
+
+    def inference(self, actions: torch.Tensor, past_t: torch.Tensor, past_valid: torch.Tensor) -> torch.Tensor:
+        """actions (B,k), past slot times (B,P) relative to chunk frame 0 -> (L,B,H,k*N,(P+k)*N) over keys
+        [past, chunk]: chunk frame f reads the slot at time f-1 (or chunk frame f-1) with its action's bias."""
+        s = self.frame_bias(actions)  # (L,B,k,H,N,N)
+        L, B, k, H, N, _ = s.shape
+        f = torch.arange(k, device=s.device, dtype=past_t.dtype)
+        sel = ((past_t[:, None, :] == (f - 1)[None, :, None]) & (past_valid[:, None, :] > 0)).to(s.dtype)  # (B,k,P)
+        past = s[:, :, :, :, :, None, :] * sel[None, :, :, None, None, :, None]  # (L,B,k,H,N,P,N)
+        sub = _subdiagonal(k, s)
+        cur = s[:, :, :, :, :, None, :] * sub[None, None, :, None, None, :, None]  # (L,B,k,H,N,k,N)
+        both = torch.cat([past, cur], 5).permute(0, 1, 3, 2, 4, 5, 6)  # (L,B,H,k,N,P+k,N)
+        return both.reshape(L, B, H, k * N, -1)
+
+
 class CausalDiT(nn.Module):
     """Frame-causal DiT over latent tokens; see the module docstring for the two entry points."""
 
@@ -248,6 +307,7 @@ class CausalDiT(nn.Module):
         self.action_emb = nn.Embedding(cfg.num_actions, d)
         nn.init.normal_(self.action_emb.weight, std=0.02)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.prev_bias = PrevFrameBias(cfg) if cfg.prev_bias else None
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(d, 2 * d)
         self.out = nn.Linear(d, C)
@@ -308,9 +368,11 @@ class CausalDiT(nn.Module):
         frame_of = torch.arange(k * N, device=x.device) // N
         cur_bias = torch.where(frame_of[None, :] <= frame_of[:, None], 0.0, neg)  # (k*N,k*N)
         mask = torch.cat([past_bias[:, None, :].expand(B, k * N, P * N), cur_bias[None].expand(B, -1, -1)], -1)[:, None]
+        layer_bias = self.prev_bias.inference(actions, past_t, past_valid) if self.prev_bias is not None else None
         ks, vs = [], []
         for i, blk in enumerate(self.blocks):
-            h, kk, vv = blk(h, c, ang_space, ang_time, past_k[i], past_v[i], past_ang, mask)
+            m = mask if layer_bias is None else mask + layer_bias[i]
+            h, kk, vv = blk(h, c, ang_space, ang_time, past_k[i], past_v[i], past_ang, m)
             ks.append(kk)
             vs.append(vv)
         return self._head(h, c, B, k), torch.stack(ks), torch.stack(vs)
@@ -352,8 +414,14 @@ class CausalDiT(nn.Module):
         t = torch.arange(T, device=h.device, dtype=torch.float32)
         ang_time = self._time_angles(torch.cat([t, t]))[None]
         mask = self.teacher_mask(T, h.device)
-        for blk in self.blocks:
-            h, _, _ = blk(h, c, ang_space, ang_time, None, None, None, mask)
+        layer_bias = None
+        if self.prev_bias is not None:  # both streams read the context frame before their own
+            b = self.prev_bias.teacher(actions, T)  # (L,B,H,TN,TN)
+            b = F.pad(b, (0, T * N))
+            layer_bias = torch.cat([b, b], 3)  # (L,B,H,2TN,2TN)
+        for i, blk in enumerate(self.blocks):
+            m = mask if layer_bias is None else mask + layer_bias[i]
+            h, _, _ = blk(h, c, ang_space, ang_time, None, None, None, m)
         return self._head(h[:, T * N:], c[:, T:], B, T)
 
     def _teacher_with_memory(self, x_ctx, sigma_ctx, x_tgt, sigma_tgt, actions, mem_x, mem_sigma, mem_t, mem_pose, pose, mem_valid):
@@ -383,8 +451,14 @@ class CausalDiT(nn.Module):
         pos = torch.stack([mem_t.float()[:, None, :].expand(B, T, M), d[..., 1], d[..., 0]], -1)  # (B,T,M,3) (t, y, x)
         mem_ang = self.rotary.angles(pos).reshape(B, T * M, -1).repeat_interleave(N, dim=1)  # (B,T*M*N,pairs)
         mask = self.teacher_memory_mask(T, mem_valid)
-        for blk in self.blocks:
-            h, _, _ = blk(h, c, ang_space, ang_time, None, None, None, mask, mem_tokens=M * N, mem_ang=mem_ang)
+        layer_bias = None
+        if self.prev_bias is not None:  # keys [copies, memory, context, target]; only context keys get it
+            b = F.pad(self.prev_bias.teacher(actions, T), ((T * M + M) * N, T * N))  # (L,B,H,TN,keys)
+            L, _, H, _, K = b.shape
+            layer_bias = torch.cat([b.new_zeros(L, B, H, M * N, K), b, b], 3)
+        for i, blk in enumerate(self.blocks):
+            m = mask if layer_bias is None else mask + layer_bias[i]
+            h, _, _ = blk(h, c, ang_space, ang_time, None, None, None, m, mem_tokens=M * N, mem_ang=mem_ang)
         return self._head(h[:, (M + T) * N:], c[:, M + T:], B, T)
 
     def teacher_memory_mask(self, T: int, mem_valid: torch.Tensor) -> torch.Tensor:

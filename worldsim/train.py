@@ -554,12 +554,18 @@ def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: boo
     torch.manual_seed(cfg.seed)
     dit = CausalDiT(model_cfg)
     if init is not None and not (Path(out) / "last.safetensors").exists():
-        load_state_strict(dit, model_tensors(load_checkpoint(init, kind="dit")[0]), init)
+        tensors = model_tensors(load_checkpoint(init, kind="dit")[0])
+        if dit.prev_bias is not None and "prev_bias.table" not in tensors:
+            # weights from before the previous-frame bias: start it at zero (exactly the old model)
+            tensors["prev_bias.table"] = torch.zeros_like(dit.prev_bias.table)
+        load_state_strict(dit, tensors, init)
     trainer = Trainer("dit", dit, model_cfg, cfg, Path(out), {"data": str(data), "autoencoder": str(ae_path)}, wrap=_TeacherDDP)
     ae = ae.to(trainer.device)
     mem_fields = ("pos", "revisit_events") if cfg.memory_frames > 0 else ()
     train = LatentClips(_open(data, "train", cfg.max_train_episodes, ("frames", "actions", *mem_fields)), ae, trainer.device)
-    val = LatentClips(_open(val_data or data, "val", cfg.max_val_episodes, ("frames", "actions", "semantic", *mem_fields)), ae, trainer.device)
+    # val always loads pos: the moved-frame metric needs it
+    val_fields = ("frames", "actions", "semantic", "pos") + (("revisit_events",) if cfg.memory_frames > 0 else ())
+    val = LatentClips(_open(val_data or data, "val", cfg.max_val_episodes, val_fields), ae, trainer.device)
     rng = np.random.default_rng(cfg.seed + 1000 * trainer.rank + trainer.step)
     gen = torch.Generator().manual_seed(cfg.seed + 7919 * trainer.rank + trainer.step)
     per_rank = max(1, cfg.batch // trainer.world)
@@ -601,7 +607,7 @@ def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: boo
 
 
 @torch.no_grad()
-def validate_dit(trainer: Trainer, ae: Autoencoder, val: LatentClips, cfg: TrainConfig, n_clips: int = 32,
+def validate_dit(trainer: Trainer, ae: Autoencoder, val: LatentClips, cfg: TrainConfig, n_clips: int = 64,
                  steps: tuple[int, ...] = (1, 2, 4)) -> dict[str, float]:
     """One-step teacher-forced checks against the floor (copy last frame) and ceiling (AE recon of the truth)."""
     if trainer.rank != 0:
@@ -626,6 +632,15 @@ def validate_dit(trainer: Trainer, ae: Autoencoder, val: LatentClips, cfg: Train
             x = sampler.step(x, x0, t, t_next, torch.randn(z.shape, generator=gen).to(z.device))
         preds[n] = x
         rec[f"lat_mse_{n}step"] = (x[:, -1] - z[:, -1]).pow(2).mean().item()
+    if val.pos is not None:
+        # frames where the player moved: the view shifts, so copying the last frame fails; a model that
+        # follows moves must beat copy here by far (the first thing to watch in a young model)
+        moved = torch.tensor([bool((val.pos[e][s + T - 1] != val.pos[e][s + T - 2]).any()) for e, s in origins], device=z.device)
+        rec["moved_frac"] = moved.float().mean().item()
+        if moved.any():
+            rec["lat_mse_copy_moved"] = (z[moved, -1] - z[moved, -2]).pow(2).mean().item()
+            for n in steps:
+                rec[f"lat_mse_{n}step_moved"] = (preds[n][moved, -1] - z[moved, -1]).pow(2).mean().item()
     # pixel/tile metrics of the last frame (one step ahead, real context)
     true = np.stack([val.frames[e][s + T - 1] for e, s in origins])  # (B,H,W,3)
     prev = np.stack([val.frames[e][s + T - 2] for e, s in origins])
