@@ -12,7 +12,7 @@ from worldsim.actions import NULL_ACTION
 from worldsim.autoencoder import Autoencoder, ae_preset
 from worldsim.checkpoint import save_checkpoint
 from worldsim.config import config_to_dict
-from worldsim.dit import CausalDiT, PrevFrameBias, dit_preset
+from worldsim.dit import CausalDiT, PrevFrameMix, dit_preset
 from worldsim.io import atomic_write_json
 
 
@@ -43,8 +43,8 @@ def make_random_world(path: str | os.PathLike, dit: str = "tiny", ae: str | None
         for m in (ae_model, dit_model):
             for name, p in m.named_parameters():
                 if p.dim() >= 1 and float(p.abs().sum()) == 0.0 and "latent" not in name:
-                    # the previous-frame bias table is stored divided by its gain: keep the bias itself O(1)
-                    scale = std / PrevFrameBias.GAIN if name == "prev_bias.table" else std
+                    # the previous-frame mix table is stored divided by its gain: keep the bias itself O(1)
+                    scale = std / PrevFrameMix.GAIN if name == "prev_mix.kernel" else std
                     p.copy_(torch.randn(p.shape, generator=g) * scale)
     save_checkpoint(path / "autoencoder.safetensors", dict(ae_model.state_dict()), {"kind": "autoencoder", "config": config_to_dict(ae_model.cfg)})
     save_checkpoint(path / "dit.safetensors", dict(dit_model.state_dict()), {"kind": "dit", "config": config_to_dict(dit_model.cfg)})

@@ -325,7 +325,7 @@ def test_default_model_and_loss_are_bit_identical_to_the_pre_memory_code(preset)
     from worldsim.train import TrainConfig, dit_loss
 
     torch.manual_seed(0)
-    new = CausalDiT(replace(dit_preset(preset), prev_bias=False))  # the previous-frame bias came later, and is its own switch
+    new = CausalDiT(replace(dit_preset(preset), prev_mix=False))  # the previous-frame mix came later, and is its own switch
     with torch.no_grad():
         for p in new.parameters():
             p.copy_(torch.randn(p.shape) * 0.1)

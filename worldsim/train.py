@@ -555,9 +555,9 @@ def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: boo
     dit = CausalDiT(model_cfg)
     if init is not None and not (Path(out) / "last.safetensors").exists():
         tensors = model_tensors(load_checkpoint(init, kind="dit")[0])
-        if dit.prev_bias is not None and "prev_bias.table" not in tensors:
-            # weights from before the previous-frame bias: start it at zero (exactly the old model)
-            tensors["prev_bias.table"] = torch.zeros_like(dit.prev_bias.table)
+        if dit.prev_mix is not None and "prev_mix.kernel" not in tensors:
+            # weights from before the previous-frame mix: start it at zero (exactly the old model)
+            tensors["prev_mix.kernel"] = torch.zeros_like(dit.prev_mix.kernel)
         load_state_strict(dit, tensors, init)
     trainer = Trainer("dit", dit, model_cfg, cfg, Path(out), {"data": str(data), "autoencoder": str(ae_path)}, wrap=_TeacherDDP)
     ae = ae.to(trainer.device)
