@@ -248,3 +248,33 @@ def test_corrupt_and_mismatched_checkpoints_give_clear_errors(tmp_path):
     save_checkpoint(tmp_path / "future.safetensors", tensors, meta)
     with pytest.raises(ValueError, match="unknown config keys"):
         load_dit(tmp_path / "future.safetensors")
+
+
+def test_prev_mix_starts_from_older_weights_as_the_same_model(tmp_path):
+    """A run started (--init) from weights trained before the previous-frame mix existed gives exactly the
+    old model's outputs; weights missing any other tensor are refused."""
+    from dataclasses import replace
+
+    from worldsim.train import init_dit_from
+
+    cfg = dit_preset("tiny")
+    old_cfg = replace(cfg, prev_mix=False)
+    old = _randomized(CausalDiT(old_cfg), seed=3)
+    save_model(tmp_path / "old.safetensors", "dit", old, old_cfg)
+    new = CausalDiT(cfg)
+    init_dit_from(new, tmp_path / "old.safetensors")
+    assert float(new.prev_mix.kernel.abs().sum()) == 0.0
+    torch.manual_seed(0)
+    B, T, C, g = 2, 4, cfg.latent_channels, cfg.grid
+    args = (torch.randn(B, T, C, g, g), torch.rand(B, T) * 0.1, torch.randn(B, T, C, g, g), torch.rand(B, T),
+            torch.randint(0, NUM_ACTION_EMBEDDINGS, (B, T)))
+    with torch.no_grad():
+        assert torch.allclose(old.forward_teacher(*args), new.eval().forward_teacher(*args), atol=1e-6)
+        # with a kernel the previous frame is read by the action: the same inputs now give other outputs
+        new.prev_mix.kernel.normal_()
+        assert (old.forward_teacher(*args) - new.forward_teacher(*args)).abs().max() > 1e-3
+    tensors, meta = load_checkpoint(tmp_path / "old.safetensors")
+    del tensors["out.weight"]
+    save_checkpoint(tmp_path / "broken.safetensors", tensors, meta)
+    with pytest.raises(CheckpointError, match="out.weight"):
+        init_dit_from(CausalDiT(cfg), tmp_path / "broken.safetensors")

@@ -543,6 +543,15 @@ def _self_rollout_context(model: CausalDiT, z: torch.Tensor, actions: torch.Tens
     return out
 
 
+def init_dit_from(dit: CausalDiT, path: str | os.PathLike) -> None:
+    """Load DiT weights to start a run from; weights from before the previous-frame mix start it at zero,
+    which is exactly the old model. Any other missing or mismatched tensor is a CheckpointError."""
+    tensors = model_tensors(load_checkpoint(path, kind="dit")[0])
+    if dit.prev_mix is not None and "prev_mix.kernel" not in tensors:
+        tensors["prev_mix.kernel"] = torch.zeros_like(dit.prev_mix.kernel)
+    load_state_strict(dit, tensors, path)
+
+
 def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: bool = True, init: str | None = None,
               val_data: str | None = None) -> Path:
     """Train the DiT on AE latents; -> path of the exported EMA model (out/dit.safetensors)."""
@@ -554,11 +563,7 @@ def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: boo
     torch.manual_seed(cfg.seed)
     dit = CausalDiT(model_cfg)
     if init is not None and not (Path(out) / "last.safetensors").exists():
-        tensors = model_tensors(load_checkpoint(init, kind="dit")[0])
-        if dit.prev_mix is not None and "prev_mix.kernel" not in tensors:
-            # weights from before the previous-frame mix: start it at zero (exactly the old model)
-            tensors["prev_mix.kernel"] = torch.zeros_like(dit.prev_mix.kernel)
-        load_state_strict(dit, tensors, init)
+        init_dit_from(dit, init)
     trainer = Trainer("dit", dit, model_cfg, cfg, Path(out), {"data": str(data), "autoencoder": str(ae_path)}, wrap=_TeacherDDP)
     ae = ae.to(trainer.device)
     mem_fields = ("pos", "revisit_events") if cfg.memory_frames > 0 else ()
