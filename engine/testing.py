@@ -43,7 +43,7 @@ def make_random_world(path: str | os.PathLike, dit: str = "tiny", ae: str | None
         for m in (ae_model, dit_model):
             for name, p in m.named_parameters():
                 if p.dim() >= 1 and float(p.abs().sum()) == 0.0 and "latent" not in name:
-                    # the previous-frame mix table is stored divided by its gain: keep the bias itself O(1)
+                    # the previous-frame mix kernel is stored divided by its gain: keep the kernel itself O(1)
                     scale = std / PrevFrameMix.GAIN if name == "prev_mix.kernel" else std
                     p.copy_(torch.randn(p.shape, generator=g) * scale)
     save_checkpoint(path / "autoencoder.safetensors", dict(ae_model.state_dict()), {"kind": "autoencoder", "config": config_to_dict(ae_model.cfg)})

@@ -13,6 +13,14 @@ torch.set_num_threads(1)
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_threads():
+    """torch's thread count is process-wide and worlds/exports set it: each module leaves it as it found it."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_world_dir(tmp_path_factory):
     """The tiny random-weight world (seed 0), built once per run; its ONNX graphs are built on the first

@@ -27,15 +27,8 @@ def _actions(n: int) -> list[str]:
 
 
 # torch's intra-op pool is process-wide, and 2 OpenMP threads on a busy 2-core machine measured ~40x slower
-# than 1 for the tiny world: the torch worlds here use 1 thread, and the setting is restored afterwards.
+# than 1 for the tiny world: the torch worlds here use 1 thread (conftest restores the setting per module).
 T1 = {"threads": 1}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_torch_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -33,13 +33,6 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _restore_torch_threads():
-    n = torch.get_num_threads()  # the export's torch reference runs on 1 thread (process-wide setting)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     return make_tiny_world(tmp_path_factory.mktemp("export") / "tiny", seed=3)

@@ -6,9 +6,9 @@ restore and save/load exactness, default off), and the default training path lef
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import replace
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +37,6 @@ from worldsim.memory import (
 ROOT = Path(__file__).resolve().parents[1]
 T1 = {"threads": 1}
 LATENT = (8, 9, 9)  # the tiny preset's latent shape
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

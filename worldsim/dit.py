@@ -272,12 +272,16 @@ class PrevFrameMix(nn.Module):
         return (self.kernel * self.GAIN)[:, actions][..., self.idx].transpose(2, 3)
 
     @staticmethod
+    def follows(n: int, device: torch.device) -> torch.Tensor:
+        """(n,n) float one-hot: row i reads frame i-1 of the same n frames (row 0 reads none)."""
+        i = torch.arange(n, device=device)
+        return (i[:, None] - 1 == i[None, :]).float()
+
+    @staticmethod
     def select_teacher(T: int, lead: int, device: torch.device) -> torch.Tensor:
         """Rows [context T, target T] -> (2T, lead + 2T) one-hot of the previous frame among the value frames
         [lead frames, context T, target T]: both streams' frame i read context frame i-1 (none for i = 0)."""
-        i = torch.arange(T, device=device)
-        ctx = (i[:, None] - 1 == i[None, :]).float()  # (T,T)
-        rows = torch.cat([torch.zeros(T, lead, device=device), ctx, torch.zeros(T, T, device=device)], 1)
+        rows = torch.cat([torch.zeros(T, lead, device=device), PrevFrameMix.follows(T, device), torch.zeros(T, T, device=device)], 1)
         return torch.cat([rows, rows], 0)
 
     @staticmethod
@@ -286,8 +290,9 @@ class PrevFrameMix(nn.Module):
         f-1, or chunk frame f-1."""
         f = torch.arange(k, device=past_t.device)
         past = ((past_t[:, None, :] == (f - 1).to(past_t.dtype)[None, :, None]) & (past_valid[:, None, :] > 0)).float()
-        cur = (f[:, None] - 1 == f[None, :]).float()[None].expand(past_t.shape[0], -1, -1)
+        cur = PrevFrameMix.follows(k, past_t.device)[None].expand(past_t.shape[0], -1, -1)
         return torch.cat([past, cur], 2)
+
 
 class CausalDiT(nn.Module):
     """Frame-causal DiT over latent tokens; see the module docstring for the two entry points."""
