@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -47,6 +48,8 @@ class TrainConfig:
     p_pure: float = 0.25  # DiT: fraction of target frames at noise level 1
     self_rollout_after: float = 0.5  # DiT: fraction of training after which the self-rollout stage starts
     self_rollout_prob: float = 0.5  # DiT: probability a step uses the model's own predictions as context
+    self_rollout_depth: int = 1  # DiT: generations the self-rollout context went through (2: predicted from predictions)
+    blocked_weight: float = 1.0  # DiT: loss weight of frames after a blocked move (rare, and the view must stay put)
     memory_frames: int = 0  # DiT: past frames of the same episode given to each clip as memory (0 = off; see worldsim.memory)
     memory_revisit: float = 0.5  # DiT with memory: fraction of clips placed where a revisited place comes back into view
     memory_dropout: float = 0.1  # DiT with memory: fraction of memory frames masked out (the model must also work without)
@@ -416,6 +419,19 @@ class LatentClips:
             origins.append((int(e), s))
         return torch.stack(zs), torch.stack(acts), origins
 
+    def blocked(self, origins: list[tuple[int, int]], T: int) -> torch.Tensor:
+        """(B,T) bool: clip frame i came from a move action that did not move the player (needs ``pos``)."""
+        from worldsim.memory import move_delta
+
+        if self.pos is None:
+            raise ValueError("blocked-move weighting needs the 'pos' field of the dataset")
+        out = torch.zeros(len(origins), T, dtype=torch.bool)
+        for b, (e, s) in enumerate(origins):
+            for i in range(T):
+                moved = (self.pos[e][s + i] != self.pos[e][s + i - 1]).any()
+                out[b, i] = move_delta(self.act[e][s - 1 + i]) != (0, 0) and not moved
+        return out
+
     def sample_with_memory(self, rng: np.random.Generator, batch: int, T: int, cfg: "TrainConfig",
                            revisit: float | None = None) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]], "MemoryBatch"]:
         """Clips like ``sample`` plus up to ``cfg.memory_frames`` memory frames each: past frames of the same
@@ -485,10 +501,10 @@ class MemoryBatch:
 
 def dit_loss(model: torch.nn.Module, z: torch.Tensor, actions: torch.Tensor, cfg: TrainConfig,
              ctx: torch.Tensor | None = None, generator: torch.Generator | None = None,
-             memory: MemoryBatch | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             memory: MemoryBatch | None = None, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Teacher-forced rectified-flow loss on clips z (B,T,C,g,g); `ctx` replaces the context stream
     (self-rollout: the model's own predictions) when given; `memory` adds memory frames (lightly noised
-    like the context)."""
+    like the context); `weight` (B,T) weighs the frames (a weighted mean)."""
     B, T = z.shape[:2]
     dev = z.device
     t_ctx = sample_context_levels((B, T), cfg.ctx_noise_max, generator).to(dev)
@@ -508,9 +524,9 @@ def dit_loss(model: torch.nn.Module, z: torch.Tensor, actions: torch.Tensor, cfg
     pred = (model(x_ctx, t_ctx, x_tgt, t_tgt, acts, **mem_kw) if hasattr(model, "module")
             else model.forward_teacher(x_ctx, t_ctx, x_tgt, t_tgt, acts, **mem_kw))
     err = (pred.float() - z).pow(2).mean((2, 3, 4))  # (B,T)
-    loss = err.mean()
+    loss = err.mean() if weight is None else (err * weight).sum() / weight.sum()
     pure = t_tgt >= 0.999
-    parts = {"mse": loss.item(), "mse_pure": err[pure].mean().item() if pure.any() else float("nan")}
+    parts = {"mse": err.mean().item(), "mse_pure": err[pure].mean().item() if pure.any() else float("nan")}
     return loss, parts
 
 
@@ -527,20 +543,23 @@ class _TeacherDDP(torch.nn.Module):
 
 @torch.no_grad()
 def _self_rollout_context(model: CausalDiT, z: torch.Tensor, actions: torch.Tensor, sampler: FlowSampler,
-                          memory: MemoryBatch | None = None) -> torch.Tensor:
-    """The model's own one-step-ahead predictions as context: frame 0 stays real, frame i>0 is
-    generated from the real context < i (teacher-forced, so errors of one generation step enter)."""
+                          memory: MemoryBatch | None = None, depth: int = 1) -> torch.Tensor:
+    """The model's own predictions as context: frame 0 stays real, frame i>0 is generated from the context
+    < i, which is real for depth 1 and the previous depth's predictions after (teacher-forced, so the errors
+    of ``depth`` generations compound: the open-loop fade the model must learn to recover from)."""
     B, T = z.shape[:2]
     ctx_level = torch.zeros(B, T, device=z.device)
     mem_kw = memory.kwargs(torch.zeros_like(memory.valid)) if memory is not None else {}
-    x = torch.randn_like(z)
     ts = sampler.timesteps()
-    for t, t_next in zip(ts[:-1], ts[1:]):
-        x0 = model.forward_teacher(z, ctx_level, x, torch.full((B, T), t, device=z.device), actions, **mem_kw).float()
-        x = sampler.step(x, x0, t, t_next, torch.randn_like(z))
-    out = z.clone()
-    out[:, 1:] = x[:, 1:]
-    return out
+    ctx = z
+    for _ in range(depth):
+        x = torch.randn_like(z)
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            x0 = model.forward_teacher(ctx, ctx_level, x, torch.full((B, T), t, device=z.device), actions, **mem_kw).float()
+            x = sampler.step(x, x0, t, t_next, torch.randn_like(z))
+        ctx = z.clone()
+        ctx[:, 1:] = x[:, 1:]
+    return ctx
 
 
 def init_dit_from(dit: CausalDiT, path: str | os.PathLike) -> None:
@@ -566,7 +585,7 @@ def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: boo
         init_dit_from(dit, init)
     trainer = Trainer("dit", dit, model_cfg, cfg, Path(out), {"data": str(data), "autoencoder": str(ae_path)}, wrap=_TeacherDDP)
     ae = ae.to(trainer.device)
-    mem_fields = ("pos", "revisit_events") if cfg.memory_frames > 0 else ()
+    mem_fields = ("pos", "revisit_events") if cfg.memory_frames > 0 else ("pos",) if cfg.blocked_weight != 1.0 else ()
     train = LatentClips(_open(data, "train", cfg.max_train_episodes, ("frames", "actions", *mem_fields)), ae, trainer.device)
     # val always loads pos: the moved-frame metric needs it
     val_fields = ("frames", "actions", "semantic", "pos") + (("revisit_events",) if cfg.memory_frames > 0 else ())
@@ -580,17 +599,20 @@ def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: boo
     while trainer.step < cfg.steps:
         memory = None
         if cfg.memory_frames > 0:
-            z, a, _, memory = train.sample_with_memory(rng, per_rank, cfg.clip_len, cfg)
+            z, a, origins, memory = train.sample_with_memory(rng, per_rank, cfg.clip_len, cfg)
             memory = memory.to(trainer.device)
         else:
-            z, a, _ = train.sample(rng, per_rank, cfg.clip_len)
+            z, a, origins = train.sample(rng, per_rank, cfg.clip_len)
         z, a = z.to(trainer.device), a.to(trainer.device)
+        weight = None
+        if cfg.blocked_weight != 1.0:
+            weight = 1.0 + (cfg.blocked_weight - 1.0) * train.blocked(origins, cfg.clip_len).float().to(trainer.device)
         ctx = None
         if trainer.step >= cfg.self_rollout_after * cfg.steps and rng.random() < cfg.self_rollout_prob:
             with trainer.autocast():
-                ctx = _self_rollout_context(trainer.model, z, a, sampler, memory).float()
+                ctx = _self_rollout_context(trainer.model, z, a, sampler, memory, cfg.self_rollout_depth).float()
         with trainer.autocast():
-            loss, parts = dit_loss(trainer.net, z, a, cfg, ctx=ctx, generator=gen, memory=memory)
+            loss, parts = dit_loss(trainer.net, z, a, cfg, ctx=ctx, generator=gen, memory=memory, weight=weight)
         gn = trainer.update(loss)
         seen += per_rank * trainer.world * cfg.clip_len
         if trainer.step % cfg.log_every == 0:
@@ -714,9 +736,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-bf16", action="store_true", help="train in float32")
     p.add_argument("--memory-frames", type=int, help="DiT: memory frames per clip (past frames of the episode beyond the "
                    "window, for persistence; default: the preset's, 0 = off)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any training config field, e.g. --set clip_len=16 --set blocked_weight=3 (repeatable)")
     p.add_argument("--threads", type=int, help="torch threads per process (default: cores / processes; 1 is much "
                    "faster when other jobs share the cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items -> TrainConfig overrides, each VALUE parsed as its field's type."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"worldsim train: --set wants KEY=VALUE with KEY one of {', '.join(fields)}; got {item!r}")
+        default = fields[key].default
+        try:
+            if raw.lower() in ("none", "null") and (default is None or "None" in str(fields[key].type)):
+                out[key] = None
+            elif isinstance(default, bool):
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(raw)
+                out[key] = raw.lower() in ("true", "1")
+            elif isinstance(default, (int, float, str)):
+                out[key] = type(default)(raw)
+            else:  # Optional[int] fields default to None
+                out[key] = int(raw)
+        except ValueError:
+            raise SystemExit(f"worldsim train: --set {key}: cannot read {raw!r} as {fields[key].type}") from None
+    if out.get("clip_len", 2) < 2:
+        raise SystemExit("worldsim train: clip_len must be >= 2 (a context frame and a target)")
+    if out.get("self_rollout_depth", 1) < 1:
+        raise SystemExit("worldsim train: self_rollout_depth must be >= 1")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -732,6 +785,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"worldsim train: --memory-frames must be >= 0, got {over['memory_frames']}")
     if args.no_bf16:
         over["bf16"] = False
+    over.update(_parse_sets(getattr(args, "set", []) or []))
     cfg = replace(cfg, **over)
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1"))))
     if args.stage == "autoencoder":
