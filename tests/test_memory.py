@@ -309,8 +309,10 @@ def _baseline_module(rel: str, name: str):
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])
-def test_default_model_and_loss_are_bit_identical_to_the_pre_memory_code(preset):
-    """No memory => exactly the old outputs and loss, and the same parameters (running checkpoints stay valid)."""
+def test_default_model_and_loss_match_the_pre_memory_code(preset):
+    """No memory => the old outputs and loss, and the same parameters (running checkpoints stay valid). The
+    inference step is bit-identical; the training pass attends block by block since, so it agrees to float
+    rounding (the summation order differs)."""
     old_dit = _baseline_module("worldsim/dit.py", "_old_dit")
     old_train = _baseline_module("worldsim/train.py", "_old_train")
     if old_dit is None or old_train is None:
@@ -330,7 +332,7 @@ def test_default_model_and_loss_are_bit_identical_to_the_pre_memory_code(preset)
     args = (torch.randn(B, T, C, g, g, generator=gen), torch.rand(B, T, generator=gen), torch.randn(B, T, C, g, g, generator=gen),
             torch.rand(B, T, generator=gen), torch.randint(0, 18, (B, T), generator=gen))
     with torch.no_grad():
-        assert torch.equal(old.forward_teacher(*args), new.forward_teacher(*args))
+        torch.testing.assert_close(new.forward_teacher(*args), old.forward_teacher(*args), atol=2e-5, rtol=1e-5)
         pk, pv, pt, pval = new.empty_cache(B, 3)
         pk.normal_(generator=gen)
         pv.normal_(generator=gen)
@@ -342,7 +344,7 @@ def test_default_model_and_loss_are_bit_identical_to_the_pre_memory_code(preset)
     z, acts = args[0], args[4] % 17
     l_new, _ = dit_loss(new, z, acts, cfg, generator=torch.Generator().manual_seed(5))
     l_old, _ = old_train.dit_loss(new, z, acts, old_train.TrainConfig(model=preset), generator=torch.Generator().manual_seed(5))
-    assert torch.equal(l_new, l_old)
+    torch.testing.assert_close(l_new, l_old, atol=1e-6, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------
