@@ -287,6 +287,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bench a random-weight world of this DiT preset (timing only; built in a temp dir)")
     parser.add_argument("--backends", "--backend", default="onnxruntime,torch", help="comma list of backends (default: onnxruntime,torch)")
     parser.add_argument("--presets", "--preset", default="fast,quality", help="comma list of runtime presets (default: fast,quality)")
+    parser.add_argument("--window", type=int, default=None, help="override the presets' cache window (frames; capped by the world's)")
     parser.add_argument("--frames", type=int, default=200, help="timed frames per repeat (default: 200)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed frames first (at least window+1: the ring fills up; default 20), or with --sessions "
@@ -327,11 +328,11 @@ def _resolve_world(args, tmp: Path) -> Path | None:
     return path
 
 
-def _load(path: Path, backend: str, preset: str, threads: int | None, spinning: bool | None):
+def _load(path: Path, backend: str, preset: str, threads: int | None, spinning: bool | None, window: int | None = None):
     from engine.backends import OrtBackend
     from engine.world import World
 
-    world = World.load(path, backend=backend, preset=preset, threads=threads)
+    world = World.load(path, backend=backend, preset=preset, threads=threads, **({"window": window} if window else {}))
     if backend == "onnxruntime" and spinning is not None and spinning != world.backend.spinning:
         world.backend = OrtBackend(world.backend.graph_dir, threads=threads, spinning=spinning)
     return world
@@ -339,16 +340,17 @@ def _load(path: Path, backend: str, preset: str, threads: int | None, spinning: 
 
 def _fmt_row(r: dict) -> str:
     if "error" in r:
-        return f"{r['backend']:<12} {r['preset']:<8} {r['threads']!s:>3} {r['spinning']:<4}  unavailable: {r['error']}"
+        return f"{r['backend']:<12} {r['preset']:<10} {r['threads']!s:>3} {r['spinning']:<4}  unavailable: {r['error']}"
     c = r["cached"]
     naive = r.get("naive")
     nv = f"{naive['fps']:8.2f} {r['speedup_vs_naive']:6.1f}x" if naive else f"{'-':>8} {'-':>7}"
-    return (f"{r['backend']:<12} {r['preset']:<8} {r['threads']!s:>3} {r['spinning']:<4} {c['fps']:7.1f} {c['p50_ms']:7.2f} {c['p99_ms']:7.2f}"
+    label = f"{r['preset']}/w{r['preset_config']['window']}"  # the window decides the naive loop's work
+    return (f"{r['backend']:<12} {label:<10} {r['threads']!s:>3} {r['spinning']:<4} {c['fps']:7.1f} {c['p50_ms']:7.2f} {c['p99_ms']:7.2f}"
             f" {c['denoise_ms']:7.2f} {c['commit_ms']:7.2f} {c['decode_ms']:7.2f} {r['gflop_per_frame']:8.3f} {r['gflops']:7.1f}"
             f" {100 * r['gflops'] / r['peak_gflops']:5.1f}% {nv}")
 
 
-_HEADER = (f"{'backend':<12} {'preset':<8} {'thr':>3} {'spin':<4} {'fps':>7} {'p50ms':>7} {'p99ms':>7} {'denoise':>7} {'commit':>7}"
+_HEADER = (f"{'backend':<12} {'preset/win':<10} {'thr':>3} {'spin':<4} {'fps':>7} {'p50ms':>7} {'p99ms':>7} {'denoise':>7} {'commit':>7}"
            f" {'decode':>7} {'GFLOP/f':>8} {'GFLOP/s':>7} {'%peak':>6} {'naivefps':>8} {'speedup':>7}")
 
 
@@ -435,7 +437,8 @@ def run(args: argparse.Namespace) -> int:
             row: dict[str, Any] = {"backend": backend, "preset": preset, "threads": threads,
                                    "spinning": "-" if spinning is None and backend != "onnxruntime" else ""}
             try:
-                world = _load(path, backend, preset, threads if threads or backend != "torch" else default_torch_threads, spinning)
+                world = _load(path, backend, preset, threads if threads or backend != "torch" else default_torch_threads, spinning,
+                              args.window)
             except (BackendUnavailable, ImportError) as e:
                 row.update(spinning="-", error=str(e))
                 rows.append(row)

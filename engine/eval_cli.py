@@ -24,9 +24,13 @@ def load_world(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         kwargs["backend"] = args.backend
     if args.preset:
         kwargs["preset"] = args.preset
+    for key in ("window", "steps"):  # preset overrides
+        if getattr(args, key, None) is not None:
+            kwargs[key] = getattr(args, key)
     world = World.load(args.world, **kwargs)
     desc = {"name": world.meta.get("name") or Path(str(world.path)).name, "path": str(world.path), "kind": "engine",
-            "id": world.id, "backend": world.backend_name, "preset": world.preset_name}
+            "id": world.id, "backend": world.backend_name, "preset": world.preset_name,
+            "window": world.preset.window, "steps": world.preset.steps}
     return world, desc
 
 

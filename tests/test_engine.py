@@ -495,7 +495,7 @@ def test_bench_tiny_smoke(tmp_path, capsys):
 
     out = tmp_path / "bench.json"
     rc = main(["bench", "--tiny", "--frames", "10", "--warmup", "8", "--repeats", "2", "--naive-frames", "4", "--threads", "1",
-               "--json", str(out)])
+               "--window", "3", "--json", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
@@ -510,6 +510,7 @@ def test_bench_tiny_smoke(tmp_path, capsys):
         assert r["naive"]["fps"] > 0 and r["speedup_vs_naive"] == pytest.approx(c["fps"] / r["naive"]["fps"])
         assert r["naive_gflop_per_frame"] > r["gflop_per_frame"]  # recomputing the window costs more
         assert f"{c['fps']:7.1f}" in printed
+        assert r["preset_config"]["window"] == 3 and f"{r['preset']}/w3" in printed  # the window override is used and shown
     q = next(r for r in rows if r["preset"] == "quality")
     f = next(r for r in rows if r["preset"] == "fast")
     assert q["gflop_per_frame"] > f["gflop_per_frame"]  # more denoising steps

@@ -146,10 +146,11 @@ def test_cli_reference_and_engine_worlds(cache, episodes, tmp_path, monkeypatch)
     wdir = make_tiny_world(tmp_path / "tiny")
     out2 = tmp_path / "tiny-report"
     rc = main(["eval", "--world", str(wdir), "--quick", "--out", str(out2), "--cache", str(cache), "--no-progress",
-               "--protocols", "one_step"])
+               "--protocols", "one_step", "--window", "2", "--steps", "2"])
     assert rc == 0
     data = json.loads((out2 / "report.json").read_text())
     assert data["world"]["kind"] == "engine"
+    assert (data["world"]["window"], data["world"]["steps"]) == (2, 2)  # the preset overrides reached the world
     assert data["results"]["one_step"]["model"]["psnr"] < data["results"]["one_step"]["copy_last"]["psnr"]
     # bad input: clear errors, exit code 2
     assert main(["eval", "--world", "copy-last", "--out", str(tmp_path / "x"), "--seed", "12", "--cache", str(cache)]) == 2

@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default=None, help=f"held-out data cache (default {default_cache_dir()})")
     parser.add_argument("--backend", default=None, help="engine backend for --world (default: the best available)")
     parser.add_argument("--preset", default=None, help="engine runtime preset for --world (default: the engine's)")
+    parser.add_argument("--window", type=int, default=None, help="override the preset's cache window (frames; capped by the world's)")
+    parser.add_argument("--steps", type=int, default=None, help="override the preset's denoising steps")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
