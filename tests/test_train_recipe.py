@@ -32,11 +32,12 @@ def test_blocked_marks_moves_that_did_not_move_the_player():
     # action i produces frame i + 1: right moves, right blocked, noop, do, right moves
     clips.act = [np.array([right, right, noop, do, right, noop])]
     clips.pos = [np.array([[0, 0], [1, 0], [1, 0], [1, 0], [1, 0], [2, 0]])]
-    got = clips.blocked([(0, 1)], 5)  # clip frames 1..5, produced by actions 0..4
+    moved, got = clips.moves([(0, 1)], 5)  # clip frames 1..5, produced by actions 0..4
     assert got.tolist() == [[False, True, False, False, False]]
+    assert moved.tolist() == [[True, False, False, False, True]]
     clips.pos = None
     with pytest.raises(ValueError, match="pos"):
-        clips.blocked([(0, 1)], 5)
+        clips.moves([(0, 1)], 5)
 
 
 def test_weighted_loss_is_the_weighted_mean_of_per_frame_errors():

@@ -419,18 +419,17 @@ class LatentClips:
             origins.append((int(e), s))
         return torch.stack(zs), torch.stack(acts), origins
 
-    def blocked(self, origins: list[tuple[int, int]], T: int) -> torch.Tensor:
-        """(B,T) bool: clip frame i came from a move action that did not move the player (needs ``pos``)."""
-        from worldsim.memory import move_delta
+    def moves(self, origins: list[tuple[int, int]], T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (moved, blocked), (B,T) bool each: clip frame i shows the player on another tile than frame i-1;
+        frame i came from a move action that did not move the player (needs ``pos``)."""
+        from worldsim.memory import MOVE_DELTAS
 
         if self.pos is None:
-            raise ValueError("blocked-move weighting needs the 'pos' field of the dataset")
-        out = torch.zeros(len(origins), T, dtype=torch.bool)
-        for b, (e, s) in enumerate(origins):
-            for i in range(T):
-                moved = (self.pos[e][s + i] != self.pos[e][s + i - 1]).any()
-                out[b, i] = move_delta(self.act[e][s - 1 + i]) != (0, 0) and not moved
-        return out
+            raise ValueError("move metrics and blocked-move weighting need the 'pos' field of the dataset")
+        pos = np.stack([self.pos[e][s - 1:s + T] for e, s in origins])  # (B,T+1,2)
+        moved = (pos[:, 1:] != pos[:, :-1]).any(-1)
+        is_move = np.isin(np.stack([self.act[e][s - 1:s - 1 + T] for e, s in origins]), list(MOVE_DELTAS))
+        return torch.from_numpy(moved), torch.from_numpy(is_move & ~moved)
 
     def sample_with_memory(self, rng: np.random.Generator, batch: int, T: int, cfg: "TrainConfig",
                            revisit: float | None = None) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]], "MemoryBatch"]:
@@ -606,7 +605,7 @@ def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: boo
         z, a = z.to(trainer.device), a.to(trainer.device)
         weight = None
         if cfg.blocked_weight != 1.0:
-            weight = 1.0 + (cfg.blocked_weight - 1.0) * train.blocked(origins, cfg.clip_len).float().to(trainer.device)
+            weight = 1.0 + (cfg.blocked_weight - 1.0) * train.moves(origins, cfg.clip_len)[1].float().to(trainer.device)
         ctx = None
         if trainer.step >= cfg.self_rollout_after * cfg.steps and rng.random() < cfg.self_rollout_prob:
             with trainer.autocast():
@@ -662,7 +661,7 @@ def validate_dit(trainer: Trainer, ae: Autoencoder, val: LatentClips, cfg: Train
     if val.pos is not None:
         # frames where the player moved: the view shifts, so copying the last frame fails; a model that
         # follows moves must beat copy here by far (the first thing to watch in a young model)
-        moved = torch.tensor([bool((val.pos[e][s + T - 1] != val.pos[e][s + T - 2]).any()) for e, s in origins], device=z.device)
+        moved = val.moves(origins, T)[0][:, -1].to(z.device)
         rec["moved_frac"] = moved.float().mean().item()
         if moved.any():
             rec["lat_mse_copy_moved"] = (z[moved, -1] - z[moved, -2]).pow(2).mean().item()
