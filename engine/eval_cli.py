@@ -17,7 +17,7 @@ add_arguments = _cli.add_arguments
 
 def load_world(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """Load an engine world directory (the default world when --world is not given) -> (world, description)."""
-    from engine.world import World
+    from engine.world import World, parse_preset_options
 
     kwargs: dict[str, Any] = {}
     if args.backend:
@@ -27,10 +27,12 @@ def load_world(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     for key in ("window", "steps"):  # preset overrides
         if getattr(args, key, None) is not None:
             kwargs[key] = getattr(args, key)
+    kwargs.update(parse_preset_options(getattr(args, "option", None) or []))
     world = World.load(args.world, **kwargs)
     desc = {"name": world.meta.get("name") or Path(str(world.path)).name, "path": str(world.path), "kind": "engine",
             "id": world.id, "backend": world.backend_name, "preset": world.preset_name,
-            "window": world.preset.window, "steps": world.preset.steps}
+            "window": world.preset.window, "steps": world.preset.steps,
+            "preset_fields": {k: v for k, v in world.preset.__dict__.items() if k != "name"}}
     return world, desc
 
 

@@ -51,11 +51,17 @@ class MemoryConfig:
     cell: tuple[int, int] = DEFAULT_CELL  # (x, y) size of a pose cell: a new frame replaces the entry of its cell
     max_age: int = 1000  # memory time offsets are clamped to -this (training clips never see older ones)
     min_owned: int = 1  # an entry is given to the model only if it is the newest view of this many needed cells
+    fill: bool = True  # tiles a move uncovers are copied from the newest bank view of their cell (see fill_uncovered)
+    fill_light_tol: float = 0.15  # ... only from views whose daylight is this close to the current frame's
 
     def validate(self) -> None:
         """Raise ValueError for impossible settings."""
-        if self.slots < 1 or self.capacity < 1 or self.max_age < 1 or self.min_owned < 1:
-            raise ValueError(f"memory config {self}: slots, capacity, max_age and min_owned must be >= 1")
+        if self.slots < 0 or self.capacity < 1 or self.max_age < 1 or self.min_owned < 1:
+            raise ValueError(f"memory config {self}: slots must be >= 0, capacity, max_age and min_owned >= 1")
+        if self.slots == 0 and not self.fill:
+            raise ValueError(f"memory config {self}: no slots and no fill is no memory")
+        if not 0 <= self.fill_light_tol <= 1:
+            raise ValueError(f"memory config: fill_light_tol must be in [0, 1], got {self.fill_light_tol}")
         if len(self.cell) != 2 or min(self.cell) < 1:
             raise ValueError(f"memory config: cell must be two sizes >= 1, got {self.cell}")
 
@@ -63,7 +69,8 @@ class MemoryConfig:
 class MemoryBank:
     """The session's memory (part of its state): bank entries + the pose track of the recent frames.
 
-    Entries: latents (n,C,g,g) float32, pose (n,2) int64 (x, y), frame (n,) int64 absolute frame index.
+    Entries: latents (n,C,g,g) float32, pose (n,2) int64 (x, y), frame (n,) int64 absolute frame index,
+    light (n,) float32 the frame's daylight (NaN: unknown).
     Each entry's latent is its own array that is never written again (a replaced entry gets a new one),
     so a copy (a snapshot, the rewind ring) shares them and costs O(n) pointers, not O(n) latents.
     trail_pose (m,2) / trail_frame (m,): the estimated poses of the last m frames (window + current).
@@ -71,12 +78,15 @@ class MemoryBank:
 
     def __init__(self, cfg: MemoryConfig, latents: list[np.ndarray] | np.ndarray, pose: np.ndarray, frame: np.ndarray,
                  trail_pose: np.ndarray, trail_frame: np.ndarray, trail_len: int, latent_shape: tuple[int, ...] | None = None,
-                 stats: dict | None = None):
+                 stats: dict | None = None, light: np.ndarray | None = None):
         cfg.validate()
         self.cfg = cfg
         self._lat: list[np.ndarray] = list(latents)
         self.latent_shape = tuple(latent_shape) if latent_shape is not None else tuple(np.shape(latents)[1:])
         self._pose, self._frame = np.asarray(pose, np.int64).reshape(-1, 2), np.asarray(frame, np.int64).reshape(-1)
+        self._light = np.full(len(self._frame), np.nan, np.float32) if light is None else np.asarray(light, np.float32).reshape(-1)
+        if len(self._light) != len(self._frame):
+            raise ValueError(f"memory: {len(self._light)} light values for {len(self._frame)} entries")
         self.trail_pose, self.trail_frame, self.trail_len = trail_pose, trail_frame, int(trail_len)
         self.stats = dict(stats) if stats else {"inserted": 0, "replaced": 0, "evicted": 0}
 
@@ -109,20 +119,25 @@ class MemoryBank:
         return self._frame
 
     @property
+    def light(self) -> np.ndarray:
+        """(n,) float32 entry daylight (NaN: unknown)."""
+        return self._light
+
+    @property
     def current_pose(self) -> np.ndarray:
         """The estimated pose (x, y) of the latest frame, int64 (2,)."""
         return self.trail_pose[-1].copy() if len(self.trail_pose) else np.zeros(2, np.int64)
 
     # -- updates ------------------------------------------------------------------------------------
 
-    def observe(self, latent: np.ndarray, frame_index: int, pose: np.ndarray) -> None:
-        """Record frame ``frame_index`` (latent (C,g,g)) at ``pose`` (x, y): track it and insert it in the bank."""
+    def observe(self, latent: np.ndarray, frame_index: int, pose: np.ndarray, light: float = float("nan")) -> None:
+        """Record frame ``frame_index`` (latent (C,g,g), daylight ``light``) at ``pose`` (x, y): track it and insert it."""
         pose = np.asarray(pose, np.int64).reshape(2)
         self.trail_pose = np.concatenate([self.trail_pose, pose[None]])[-self.trail_len:]
         self.trail_frame = np.concatenate([self.trail_frame, [int(frame_index)]])[-self.trail_len:]
-        self.insert(latent, pose, frame_index)
+        self.insert(latent, pose, frame_index, light)
 
-    def insert(self, latent: np.ndarray, pose: np.ndarray, frame_index: int) -> None:
+    def insert(self, latent: np.ndarray, pose: np.ndarray, frame_index: int, light: float = float("nan")) -> None:
         """Add an entry; it replaces the entry of the same pose cell (newest wins); evict when over capacity."""
         latent = np.array(latent, np.float32)  # a private copy: entries are never written in place
         if latent.shape != self.latent_shape:
@@ -135,12 +150,14 @@ class MemoryBank:
             self._lat[i] = latent
             self._pose = self._pose.copy()  # copies share nothing that is written (snapshots hold the old arrays)
             self._frame = self._frame.copy()
-            self._pose[i], self._frame[i] = pose, frame_index
+            self._light = self._light.copy()
+            self._pose[i], self._frame[i], self._light[i] = pose, frame_index, light
             self.stats["replaced"] += 1
         else:
             self._lat.append(latent)
             self._pose = np.concatenate([self._pose, pose[None]])
             self._frame = np.concatenate([self._frame, [int(frame_index)]])
+            self._light = np.concatenate([self._light, np.array([light], np.float32)])
             self.stats["inserted"] += 1
         if len(self) > self.cfg.capacity:
             # evict a batch at once (1/8 of the capacity) so the ownership count runs rarely
@@ -166,7 +183,7 @@ class MemoryBank:
         drop = np.lexsort((self._frame, owned))[:count]  # fewest owned cells first, then oldest
         keep = np.setdiff1d(np.arange(len(self)), drop)
         self._lat = [self._lat[i] for i in keep]
-        self._pose, self._frame = self._pose[keep], self._frame[keep]
+        self._pose, self._frame, self._light = self._pose[keep], self._frame[keep], self._light[keep]
         self.stats["evicted"] += len(drop)
 
     # -- reads ----------------------------------------------------------------------------------------
@@ -185,15 +202,16 @@ class MemoryBank:
     def copy(self) -> "MemoryBank":
         """A copy that shares the (never written) entry latents: O(n) pointers."""
         return MemoryBank(self.cfg, list(self._lat), self._pose.copy(), self._frame.copy(), self.trail_pose.copy(),
-                          self.trail_frame.copy(), self.trail_len, self.latent_shape, self.stats)
+                          self.trail_frame.copy(), self.trail_len, self.latent_shape, self.stats, self._light.copy())
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays (names prefixed memory_) + JSON-able meta, for saving."""
         arrays = {"memory_latents": self.latents, "memory_pose": self.pose, "memory_frame": self.frame,
-                  "memory_trail_pose": self.trail_pose, "memory_trail_frame": self.trail_frame}
+                  "memory_trail_pose": self.trail_pose, "memory_trail_frame": self.trail_frame, "memory_light": self._light}
         c = self.cfg
         meta = {"version": MEMORY_VERSION, "slots": c.slots, "capacity": c.capacity, "cell": list(c.cell), "max_age": c.max_age,
-                "min_owned": c.min_owned, "trail_len": self.trail_len, "stats": dict(self.stats)}
+                "min_owned": c.min_owned, "fill": c.fill, "fill_light_tol": c.fill_light_tol, "trail_len": self.trail_len,
+                "stats": dict(self.stats)}
         return arrays, meta
 
     @classmethod
@@ -212,12 +230,16 @@ class MemoryBank:
         if lat.ndim != 4 or len(lat) != n or pose.shape != (n, 2) or tp.ndim != 2 or tp.shape[1:] != (2,) or tf.shape != (len(tp),):
             raise ValueError(f"memory: inconsistent arrays latents {lat.shape}, pose {pose.shape}, frame {frame.shape}, "
                              f"trail {tp.shape}/{tf.shape}")
+        # fill / memory_light came later: saves without them remembered without filling
         cfg = MemoryConfig(int(meta["slots"]), int(meta["capacity"]), tuple(int(v) for v in meta["cell"]), int(meta["max_age"]),
-                           int(meta["min_owned"]))
+                           int(meta["min_owned"]), bool(meta.get("fill", False)), float(meta.get("fill_light_tol", 0.15)))
+        light = arrays.get("memory_light")
+        if light is not None and light.shape != (n,):
+            raise ValueError(f"memory: {light.shape} light values for {n} entries")
         cfg.validate()
         lat = lat.astype(np.float32)
         return cls(cfg, [lat[i].copy() for i in range(n)], pose.astype(np.int64), frame.astype(np.int64), tp.astype(np.int64),
-                   tf.astype(np.int64), int(meta["trail_len"]), lat.shape[1:], dict(meta.get("stats", {})))
+                   tf.astype(np.int64), int(meta["trail_len"]), lat.shape[1:], dict(meta.get("stats", {})), light)
 
 
 class MemoryKV:
@@ -270,6 +292,62 @@ def memory_slots(bank: MemoryBank, kv: MemoryKV, backend, rows: np.ndarray, firs
         k[:, :, :, j * N:(j + 1) * N], v[:, :, :, j * N:(j + 1) * N] = kv.get(backend, bank.latent(int(r)), empty_kv)
     t = np.maximum(bank.frame[rows] - first_frame, -bank.cfg.max_age).astype(np.float32)[None]
     return k, v, t, np.ones((1, m), np.float32), bank.pose[rows].copy()
+
+
+def fill_uncovered(bank: MemoryBank, latent: np.ndarray, frame: np.ndarray, prev_pose: np.ndarray, pose: np.ndarray,
+                   light: float | None, entry_pixels) -> tuple[np.ndarray, int]:
+    """Copy into ``latent`` (C,g,g) of a new frame at ``pose`` the tokens of the world cells its move uncovered
+    (in view from ``pose``, not from ``prev_pose``) from the newest bank view of each cell: -> (latent, tiles filled).
+
+    Why: the model invents what enters the view; where the session has seen that cell before, the bank
+    knows what is there. One latent token is one tile, so a cell's token moves between views unchanged.
+    Cells are left to the model where the remembered view was under other light (daylight differs by more
+    than cfg.fill_light_tol: a day tile in a night frame), where either the remembered tile or the model's
+    new tile is a creature or an arrow (they move: a cow is not remembered in place, a zombie walking in
+    is not erased), and where the frame's light is unknown. ``frame`` uint8 (S,S,3) is the decoded new
+    frame; ``entry_pixels(row)`` decodes bank entry ``row`` (the caller caches it).
+    """
+    from worldsim.eval.tiles import OBJECT_CLASSES
+    from worldsim.memory import read_view_tiles
+
+    cfg = bank.cfg
+    pose, prev_pose = np.asarray(pose, np.int64).reshape(2), np.asarray(prev_pose, np.int64).reshape(2)
+    if light is None or not np.isfinite(light) or len(bank) == 0 or (pose == prev_pose).all():
+        return latent, 0
+    cells = needed_cells(pose[None], prev_pose[None])  # (M,2) (x, y)
+    ok = np.abs(bank.light - light) <= cfg.fill_light_tol  # NaN (unknown) compares False
+    rows = np.nonzero(ok)[0]
+    if len(cells) == 0 or len(rows) == 0:
+        return latent, 0
+    bp, bf = bank.pose[rows], bank.frame[rows]
+    cover = (np.abs(bp[:, None, 0] - cells[None, :, 0]) <= HALF_X) & (np.abs(bp[:, None, 1] - cells[None, :, 1]) <= HALF_Y)
+    seen = cover.any(0)
+    if not seen.any():
+        return latent, 0
+    key = np.where(cover[:, seen], bf[:, None] * (len(rows) + 1) + np.arange(len(rows))[:, None], -1)
+    owner = rows[key.argmax(0)]  # the newest view of each seen cell
+    cells = cells[seen]
+    r, c = cells[:, 1] - pose[1] + HALF_Y, cells[:, 0] - pose[0] + HALF_X  # where the new frame shows each cell
+    here = read_view_tiles(frame, r * VIEW_COLS + c, (light, False))
+    if here is None:
+        return latent, 0
+    objects = np.isin(here, OBJECT_CLASSES)
+    out = latent.copy()
+    filled = 0
+    for row in np.unique(owner):
+        m = (owner == row) & ~objects
+        if not m.any():
+            continue
+        ep = bank.pose[row]
+        er, ec = cells[m, 1] - ep[1] + HALF_Y, cells[m, 0] - ep[0] + HALF_X  # where the remembered view shows them
+        there = read_view_tiles(entry_pixels(int(row)), er * VIEW_COLS + ec, (float(bank.light[row]), False))
+        if there is None:
+            continue
+        keep = ~np.isin(there, OBJECT_CLASSES)
+        src = bank.latent(int(row))
+        out[:, r[m][keep], c[m][keep]] = src[:, er[keep], ec[keep]]
+        filled += int(keep.sum())
+    return out, filled
 
 
 def slot_shift(poses: np.ndarray, pose: np.ndarray) -> np.ndarray:
@@ -358,7 +436,7 @@ def measure_fps(dit: str = "small", frames: int = 300, data: str | None = None, 
         s0, s1 = w0.new_session(seed=0), w1.new_session(seed=0)
         clock = [0]
         if moves is not None:  # the recording's moves stand in for what a trained model would draw
-            s1._moves = lambda prev, fr, a: moves[clock[0]:clock[0] + 1]
+            s1._move = lambda prev, fr, a, walkable: moves[clock[0]]
         out: dict = {"dit": dit, "frames": frames, "backend": "onnxruntime", "threads": threads}
 
         def run(n: int) -> tuple[float, float, list[int]]:

@@ -8,6 +8,7 @@ default world lives in the worldsim package (`worldsim/worlds/crafter`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import io
 import json
@@ -22,11 +23,12 @@ import numpy as np
 
 from engine.backends import BACKENDS, BackendUnavailable, OrtBackend, TorchBackend, ensure_onnx_graphs, tensorrt_unavailable_reason
 from engine.cache import RingKVCache
-from engine.memory import MemoryBank, MemoryConfig, MemoryKV, memory_slots, predicted_poses, slot_shift
+from engine.rules import enforce_blocked_move
+from engine.memory import MemoryBank, MemoryConfig, MemoryKV, fill_uncovered, memory_slots, predicted_poses, slot_shift
 from worldsim.actions import ACTION_NAMES, NULL_ACTION, action_index
 from worldsim.diffusion import FlowSampler
 from worldsim.io import atomic_path, read_json
-from worldsim.memory import estimate_move, target_walkable, track_poses
+from worldsim.memory import estimate_move, frame_lighting, target_walkable, track_poses
 
 WORLD_FORMAT = "worldsim-world"
 WORLD_VERSION = 1
@@ -47,6 +49,8 @@ class RuntimePreset:
     stochastic: bool = False
     memory: int = 0  # memory frames read per frame from the session's bank (engine.memory); 0 = off
     memory_capacity: int = 512  # bank entries kept at most (constant memory and time over hours of play)
+    memory_fill: bool = False  # tiles a move uncovers come from the bank where it saw them (engine.memory.fill_uncovered)
+    block_rule: bool = True  # Crafter's rule on generated frames: a move onto a tile the player cannot enter only turns it
 
 
 # Windows are capped by what the world was trained on (world.json max_window: 15 for the shipped world). A
@@ -57,7 +61,7 @@ RUNTIME_PRESETS: dict[str, RuntimePreset] = {
     "fast": RuntimePreset("fast", steps=1, window=8),
     "quality": RuntimePreset("quality", steps=4, window=15, stochastic=True),
     # persistent objects beyond the window: for worlds trained with memory frames (TrainConfig.memory_frames)
-    "memory": RuntimePreset("memory", steps=1, window=15, memory=2),
+    "memory": RuntimePreset("memory", steps=1, window=15, memory=2, memory_fill=True),
 }
 
 
@@ -81,6 +85,29 @@ def resolve_preset(preset: "str | RuntimePreset", overrides: dict[str, Any], max
     if preset.memory < 0 or preset.memory_capacity < 1:
         raise ValueError(f"preset {preset}: memory must be >= 0 (0 = off) and memory_capacity >= 1")
     return preset
+
+
+def parse_preset_options(items: Sequence[str]) -> dict[str, Any]:
+    """["block_rule=false", "window=8", ...] -> preset overrides typed like RuntimePreset's fields; ValueError
+    naming the field or value that does not fit."""
+    fields = {f.name: f.type for f in dataclasses.fields(RuntimePreset) if f.name != "name"}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = str(item).partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or key not in fields:
+            raise ValueError(f"preset option {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+        kind = fields[key] if isinstance(fields[key], str) else fields[key].__name__
+        try:
+            if kind == "bool":
+                if raw.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError(raw)
+                out[key] = raw.lower() in ("true", "1", "yes", "on")
+            else:
+                out[key] = {"int": int, "float": float}[kind](raw)
+        except (ValueError, KeyError):
+            raise ValueError(f"preset option {key}: {raw!r} is not a valid {kind}") from None
+    return out
 
 
 def default_world_dir() -> Path:
@@ -211,9 +238,9 @@ class World:
     @property
     def memory_config(self) -> MemoryConfig | None:
         """How sessions remember beyond the window (None: memory off, the default)."""
-        if self.preset.memory <= 0:
+        if self.preset.memory <= 0 and not self.preset.memory_fill:
             return None
-        return MemoryConfig(slots=self.preset.memory, capacity=self.preset.memory_capacity)
+        return MemoryConfig(slots=self.preset.memory, capacity=self.preset.memory_capacity, fill=self.preset.memory_fill)
 
     @property
     def tick_hz(self) -> float:
@@ -366,6 +393,7 @@ class Session:
         self._mem_cfg = world.memory_config
         self._mem_kv = MemoryKV(keep=4 * self._mem_cfg.slots + 8) if self._mem_cfg is not None else None
         self._mem_empty: tuple[np.ndarray, ...] | None = None
+        self._mem_px: dict[bytes, np.ndarray] = {}  # decoded bank entries for the fill (derived, not state)
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -413,7 +441,7 @@ class Session:
             self._state.memory = None  # this world runs without memory
         elif self._state.memory is None:  # a state from a session without memory: start remembering here, at pose (0, 0)
             self._state.memory = self._new_memory()
-            self._state.memory.observe(self._state.latent, self._state.frame_index, np.zeros(2, np.int64))
+            self._state.memory.observe(self._state.latent, self._state.frame_index, np.zeros(2, np.int64), _light(self._state.frame))
 
     def save(self, path: str | os.PathLike) -> None:
         """Save the session to a file (numpy .npz, no pickles), atomically."""
@@ -451,7 +479,7 @@ class Session:
             z_all = np.concatenate([z_all, z]) if first > 0 else z
             bank = self._new_memory()
             for i, p in enumerate(track_poses(frames, np.asarray(acts[:T], np.int64))):
-                bank.observe(z_all[i], i, p)
+                bank.observe(z_all[i], i, p, _light(frames[i]))
             self._state.memory = bank
 
     def _new_memory(self) -> MemoryBank:
@@ -484,13 +512,14 @@ class Session:
         t0 = time.perf_counter()
         past_t, past_valid = st.cache.inputs(first)
         shift = np.zeros((1, st.cache.slots, 2), np.float32)
-        frames, _, timings = self._generate(acts, st.cache.k, st.cache.v, past_t, past_valid, shift, t0)
+        frames, _, timings = self._generate(acts, st.cache.k, st.cache.v, past_t, past_valid, shift, t0, {})
         self.timings = timings
         return frames
 
     def _generate(self, acts: list[int], past_k: np.ndarray, past_v: np.ndarray, past_t: np.ndarray, past_valid: np.ndarray,
-                  shift: np.ndarray, t0: float) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-        """Denoise k frames against the given past, commit them to the window cache, decode, advance the state.
+                  shift: np.ndarray, t0: float, found: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        """Denoise k frames against the given past, apply the game's rules and the memory fill (``_finish``,
+        which reports into ``found``), commit them to the window cache, decode, advance the state.
 
         -> (frames uint8 (k,H,W,3), latents (k,C,g,g), timings since t0)."""
         st = self._state
@@ -507,14 +536,16 @@ class Session:
             x = w.sampler.step(x, x0, t, t_next, noise)
         x0 = np.asarray(x, np.float32)
         t1 = time.perf_counter()
+        x0, frames = self._finish(x0, acts, found)
+        t_fin = time.perf_counter()
         commit_s = self._commit(x0, a, first)  # the window only: a committed frame already shows what memory gave it
         t2 = time.perf_counter()
-        frames = w.backend.decode(x0[0])  # (k,H,W,3)
         t3 = time.perf_counter()
         st.frame_index += k
         st.frame = frames[-1].copy()
         st.latent = x0[0, -1].copy()
-        timings = {"denoise_ms": (t1 - t0) * 1e3, "commit_ms": commit_s * 1e3, "decode_ms": (t3 - t2) * 1e3, "total_ms": (t3 - t0) * 1e3}
+        timings = {"denoise_ms": (t1 - t0) * 1e3, "commit_ms": commit_s * 1e3, "decode_ms": (t_fin - t1) * 1e3,
+                   "total_ms": (t3 - t0) * 1e3, "rule_fixes": found.get("rule_fixes", 0)}
         return frames, x0[0], timings
 
     # -- memory (preset.memory > 0) -------------------------------------------------------------------
@@ -527,18 +558,6 @@ class Session:
             self._mem_empty = (np.zeros(shape, np.float32), np.zeros(shape, np.float32), np.zeros((1, 1), np.float32),
                                np.zeros((1, 1), np.float32), np.zeros((1, 1, 2), np.float32))
         return self._mem_empty
-
-    def _moves(self, prev: np.ndarray, frames: np.ndarray, acts: list[int]) -> np.ndarray:
-        """The player's move (dx, dy) into each new frame (k,H,W,3) from ``prev`` (H,W,3): -> int64 (k,2).
-
-        There is no game to ask: each move is read from the generated frames, with Crafter's rule (is the
-        faced tile walkable?) deciding where the view alone is ambiguous (worldsim.memory.estimate_move).
-        """
-        out = np.zeros((len(acts), 2), np.int64)
-        for i, a in enumerate(acts):
-            out[i] = estimate_move(prev, frames[i], a, target_walkable(prev, a, frames[i]))
-            prev = frames[i]
-        return out
 
     def _step_chunk_memory(self, acts: list[int]) -> np.ndarray:
         """_step_chunk with memory slots: retrieve for the predicted poses, denoise against window + memory,
@@ -561,12 +580,78 @@ class Session:
             past_t, past_valid = np.concatenate([past_t, mt], 1), np.concatenate([past_valid, mvalid], 1)
             shift = np.concatenate([shift, slot_shift(mposes, targets[0])], 1)
         t_mem = time.perf_counter()
-        prev = st.frame
-        frames, latents, timings = self._generate(acts, past_k, past_v, past_t, past_valid, shift, t_mem)
+        found: dict[str, Any] = {}
+        frames, latents, timings = self._generate(acts, past_k, past_v, past_t, past_valid, shift, t_mem, found)
         t3 = time.perf_counter()
-        poses = bank.current_pose + np.cumsum(self._moves(prev, frames, acts), 0)  # (k,2), read from the new pixels
         for i in range(k):
-            bank.observe(latents[i], first + i, poses[i])
+            bank.observe(latents[i], first + i, found["poses"][i], float(found["lights"][i]))
         t4 = time.perf_counter()
-        self.timings = {**timings, "memory_ms": ((t_mem - t0) + (t4 - t3)) * 1e3, "memory_slots": len(rows), "total_ms": (t4 - t0) * 1e3}
+        self.timings = {**timings, "memory_ms": ((t_mem - t0) + (t4 - t3)) * 1e3, "memory_slots": len(rows),
+                        "memory_filled": found["filled"], "total_ms": (t4 - t0) * 1e3}
         return frames
+
+    def _finish(self, x0: np.ndarray, acts: list[int], found: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The denoised chunk x0 (1,k,C,g,g) -> (x0 as it will be committed, its frames uint8 (k,H,W,3)).
+
+        Decodes, then frame by frame (each against the final frame before it): Crafter's blocked-move rule
+        (preset.block_rule: a move onto a tile the player cannot enter only turns it; engine.rules), and with
+        a memory bank the pose of the new frame and the fill of the tiles its move uncovered. Reports
+        rule_fixes and, with memory, poses, lights and filled into ``found``.
+        """
+        w, st = self.world, self._state
+        bank = st.memory
+        frames = w.backend.decode(x0[0])
+        rule = w.preset.block_rule
+        if not rule and bank is None:
+            return x0, frames
+        k = len(acts)
+        out, poses, lights = x0.copy(), np.zeros((k, 2), np.int64), np.zeros(k, np.float32)
+        prev, prev_z = st.frame, st.latent
+        pose = bank.current_pose if bank is not None else np.zeros(2, np.int64)
+        fixes = filled = 0
+        for i, a in enumerate(acts):
+            walkable = target_walkable(prev, a, frames[i]) if (rule or bank is not None) else None
+            if rule:
+                z, fixed = enforce_blocked_move(prev, prev_z, out[0, i], frames[i], a, walkable)
+                if fixed:
+                    out[0, i], frames[i] = z, w.backend.decode(z[None])[0]
+                    fixes += 1
+            if bank is not None:
+                new_pose = pose + self._move(prev, frames[i], a, walkable)
+                lit = frame_lighting(frames[i])
+                lights[i] = np.nan if lit is None else lit[0]
+                if bank.cfg.fill:
+                    z, n = fill_uncovered(bank, out[0, i], frames[i], pose, new_pose, None if lit is None else lit[0], self._entry_pixels)
+                    if n:
+                        out[0, i], frames[i] = z, w.backend.decode(z[None])[0]
+                        filled += n
+                pose = poses[i] = new_pose
+            prev, prev_z = frames[i], out[0, i]
+        found.update(poses=poses, lights=lights, filled=filled, rule_fixes=fixes)
+        return out, frames
+
+    def _move(self, prev: np.ndarray, frame: np.ndarray, action: int, walkable: bool | None) -> np.ndarray:
+        """The player's move (dx, dy) int64 (2,) from ``prev`` to ``frame`` (uint8 (H,W,3)) under ``action``.
+
+        There is no game to ask: the move is read from the generated frames, with Crafter's rule (is the
+        faced tile walkable?) deciding where the view alone is ambiguous (worldsim.memory.estimate_move).
+        """
+        return np.asarray(estimate_move(prev, frame, action, walkable), np.int64)
+
+    def _entry_pixels(self, row: int) -> np.ndarray:
+        """Bank entry ``row`` decoded, uint8 (H,W,3) (cached by the latent's bytes: exact after any restore)."""
+        z = self._state.memory.latent(row)
+        key = z.tobytes()
+        px = self._mem_px.pop(key, None)
+        if px is None:
+            px = self.world.backend.decode(np.asarray(z, np.float32)[None])[0]
+        self._mem_px[key] = px  # most recently used last
+        while len(self._mem_px) > 32:
+            self._mem_px.pop(next(iter(self._mem_px)))
+        return px
+
+
+def _light(frame: np.ndarray) -> float:
+    """A frame's daylight for the memory bank (NaN where it cannot be read)."""
+    lit = frame_lighting(frame)
+    return float("nan") if lit is None else lit[0]

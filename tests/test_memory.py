@@ -165,6 +165,70 @@ def test_bank_merges_same_cell_and_stays_bounded_over_long_runs():
     assert (bank.owned_cells() > 0).mean() > 0.5
 
 
+def _world_view(pose: tuple[int, int]) -> np.ndarray:
+    """A latent (C,9,9) whose token of world cell (x, y) is 100 x + y (channel 0), seen from ``pose``."""
+    z = np.zeros(LATENT, np.float32)
+    r, c = np.mgrid[0:2 * HALF_Y + 1, 0:2 * HALF_X + 1]
+    z[0, :2 * HALF_Y + 1] = 100 * (pose[0] + c - HALF_X) + (pose[1] + r - HALF_Y)
+    return z
+
+
+def test_fill_copies_remembered_cells_into_the_uncovered_column(monkeypatch):
+    """The player walked left from (0, 0) to (-3, 0) and steps back right to (-2, 0): the new column x = 2 was
+    last seen from (-2, 0) (frame 2); its tokens come from there, except where the model drew a creature, where the
+    remembered tile was one, or where the remembered view was lit otherwise."""
+    from engine.memory import fill_uncovered
+
+    new_px, old_px = np.full((72, 72, 3), 1, np.uint8), np.full((72, 72, 3), 2, np.uint8)
+    cow_here = 3 * 9 + 8  # the model drew a cow at row 3 of the new column
+    zombie_there = 0 * 9 + 8  # the remembered view (from (-2, 0)) had a zombie at (2, -3)
+
+    def labels(frame, tiles, lighting=None):
+        tiles = np.asarray(tiles)
+        bad = cow_here if frame[0, 0, 0] == 1 else zombie_there
+        return np.where(tiles == bad, 14, 2)
+
+    monkeypatch.setattr("worldsim.memory.read_view_tiles", labels)
+    bank = MemoryBank.empty(MemoryConfig(slots=0, fill=True, cell=(1, 1)), LATENT, trail_len=4)
+    for i, x in enumerate(range(0, -4, -1)):
+        bank.observe(_world_view((x, 0)) + (i == 0), i, np.array([x, 0]), light=0.9)  # frame 0's tokens are off by one
+    model = np.full(LATENT, -1.0, np.float32)  # what the model invented
+    z, n = fill_uncovered(bank, model, new_px, np.array([-3, 0]), np.array([-2, 0]), 0.95, lambda row: old_px)
+    want = _world_view((-2, 0))
+    filled = np.zeros((9, 9), bool)
+    filled[:7, 8] = True
+    filled[3, 8] = filled[0, 8] = False  # the cow the model drew stays; the remembered zombie is not brought back
+    assert n == 5
+    np.testing.assert_array_equal(z[:, filled], want[:, filled])
+    np.testing.assert_array_equal(z[:, ~filled], model[:, ~filled])
+    assert (model == -1).all()  # the input is not written
+    # other light (a day view into a night frame), unknown light, or no move: nothing is filled
+    for light, prev in ((0.5, (-3, 0)), (None, (-3, 0)), (0.95, (-2, 0))):
+        z, n = fill_uncovered(bank, model, new_px, np.array(prev), np.array([-2, 0]), light, lambda row: old_px)
+        assert n == 0 and np.array_equal(z, model)
+    # a cell never seen (x = -8 when stepping left of -3) stays the model's
+    z, n = fill_uncovered(bank, model, new_px, np.array([-3, 0]), np.array([-4, 0]), 0.95, lambda row: old_px)
+    assert n == 0
+
+
+def test_memory_session_fills_and_can_turn_it_off(world_dir):
+    """Through a session: with the memory preset's fill, walking back over seen ground fills tiles; with
+    memory_fill=false the same steps fill none; the bank records each frame's light."""
+    counts = {}
+    for fill in (True, False):
+        w = World.load(world_dir, backend="onnxruntime", preset="memory", memory_fill=fill, block_rule=False, **T1)
+        s = w.new_session(seed=1)
+        s._move = lambda prev, frame, a, walkable: np.array(move_delta(a))  # the random model's moves, as asked
+        n = 0
+        for a in ["move_left"] * 6 + ["move_right"] * 6:
+            s.step(a)
+            n += s.timings["memory_filled"]
+        counts[fill] = n
+        assert np.isfinite(s._state.memory.light).any()
+    assert counts[False] == 0
+    assert counts[True] > 0
+
+
 # ---------------------------------------------------------------------------------------------------
 # pose estimation on real frames
 

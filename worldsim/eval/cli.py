@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default=None, help="engine runtime preset for --world (default: the engine's)")
     parser.add_argument("--window", type=int, default=None, help="override the preset's cache window (frames; capped by the world's)")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's denoising steps")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any runtime preset field, e.g. block_rule=false or memory_fill=false (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
