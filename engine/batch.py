@@ -105,6 +105,11 @@ class SessionBatch:
             x = sampler.step(x, x0, t, t_next, noise)
         x0 = np.asarray(x, np.float32)
         t1 = time.perf_counter()
+        # decode + the game's rules, per session exactly as Session._step_chunk does (so a batch == its sessions)
+        done = [s._finish(x0[i:i + 1], a[i].tolist(), {}) for i, s in enumerate(self.sessions)]
+        x0 = np.concatenate([z for z, _ in done])
+        frames = np.stack([f for _, f in done])  # (S,k,H,W,3)
+        t_dec = time.perf_counter()
         c = w.preset.ctx_noise
         xc = np.concatenate([((1 - c) * x0[i:i + 1] + c * s._rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
                              for i, s in enumerate(self.sessions)])
@@ -119,9 +124,8 @@ class SessionBatch:
                 self._v[:, i, :, slot * n:(slot + 1) * n] = vv[:, i, :, j * n:(j + 1) * n]
             self._seen[i] = (st.cache, st.cache.frame.copy())
         t2 = time.perf_counter()
-        frames = be.decode(x0.reshape(S * k, *x0.shape[2:])).reshape(S, k, *w.frame_shape)
         t3 = time.perf_counter()
-        self.timings = {"denoise_ms": (t1 - t0) * 1e3, "commit_ms": (t2 - t1) * 1e3, "decode_ms": (t3 - t2) * 1e3,
+        self.timings = {"denoise_ms": (t1 - t0) * 1e3, "commit_ms": (t2 - t_dec) * 1e3, "decode_ms": (t_dec - t1) * 1e3,
                         "total_ms": (t3 - t0) * 1e3, "sessions": S}
         out = []
         for i, (s, st) in enumerate(zip(self.sessions, states)):

@@ -503,7 +503,9 @@ class Session:
         if self._state.memory is not None:
             return self._step_chunk_memory(acts)
         fused = getattr(self.world.backend, "step_chunk", None)
-        if fused is not None:  # the whole per-frame work on the backend's device (tensorrt: one CUDA graph)
+        # the whole per-frame work on the backend's device (tensorrt: one CUDA graph); the blocked-move rule
+        # reads the decoded frame on the host before the commit, so it takes the generic path
+        if fused is not None and not self.world.preset.block_rule:
             frames = fused(self, acts)
             if frames is not None:
                 return frames

@@ -6,6 +6,7 @@ the CPU here, the real engines behind `pytest.mark.gpu`) and the clear errors wi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -453,7 +454,8 @@ def test_tensorrt_device_path_matches_the_session(tiny, tmp_path, preset):
     from worldsim.train import load_autoencoder, load_dit
 
     paths = export_trt_onnx(load_autoencoder(tiny / "autoencoder.safetensors"), load_dit(tiny / "dit.safetensors"), tmp_path, "fp32")
-    ref = World.load(tiny, backend="onnxruntime", preset=preset, threads=1)
+    # the device path is the rule-free one (the blocked-move rule needs the decoded frame before the commit)
+    ref = World.load(tiny, backend="onnxruntime", preset=preset, threads=1, block_rule=False)
     W = ref.preset.window
     engines = {("dit", 1, 1, W): _StandInEngine(paths["dit"]), ("decoder", 1): _StandInEngine(paths["decoder"])}
     w = copy.copy(ref)
@@ -482,6 +484,18 @@ def test_tensorrt_device_path_matches_the_session(tiny, tmp_path, preset):
     same(["do", "move_left"])
     w.backend.engines[("dit", 1, 1, W)] = engines[("dit", 1, 1, W)]
     same(["noop", "do"])  # back on the device path after generic steps
+    # with the rule on (the presets' default) the session takes the generic path: the device path is not called
+    fused = []
+    ruled = copy.copy(w)
+    ruled.backend = copy.copy(w.backend)
+    ruled.backend.step_chunk = lambda *args: fused.append(1)
+    ruled.preset = dataclasses.replace(w.preset, block_rule=True)
+    s = ruled.new_session(seed=4)
+    s.step("move_left")
+    assert s.timings.get("rule_fixes") is not None and not fused
+    ruled.preset = w.preset
+    ruled.new_session(seed=4).step("move_left")
+    assert fused  # ... and without it the device path is asked first
 
 
 def test_tensorrt_without_a_gpu_says_what_is_missing(tiny, bundle, tmp_path, capsys):

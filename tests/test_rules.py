@@ -103,3 +103,25 @@ def test_session_applies_the_rule_and_it_can_be_turned_off(tmp_path, episode):
     assert fixes == 0
     np.testing.assert_array_equal(z, moved_z)
     np.testing.assert_array_equal(frame, w.backend.decode(moved_z[None])[0])
+
+
+def test_session_batch_applies_the_rule_like_a_session(tmp_path, episode):
+    """Several sessions stepped in one call get the same correction as each alone."""
+    from engine.batch import SessionBatch
+    from worldsim.actions import ACTION_NAMES
+
+    f, a, pos = episode["frames"], episode["actions"], episode["pos"]
+    t = next(t for t in range(16, len(a) - 1) if move_delta(int(a[t])) != (0, 0) and (pos[t + 1] == pos[t]).all())
+    w = World.load(make_tiny_world(tmp_path / "tiny"), backend="onnxruntime", threads=1)
+    moved = w.backend.encode(_moved_view(f[t], move_delta(int(a[t])))[None])[None]  # (1,1,C,g,g)
+    real_dit = w.backend.dit
+    w.backend.dit = lambda x, *rest: (np.repeat(moved, len(x), 0), *real_dit(x, *rest)[1:])  # walks through, every session
+    ctx, acts = f[t - 7:t + 1], [int(x) for x in a[t - 7:t]] + [None]
+    sessions = [w.new_session(ctx, acts, seed=i) for i in range(2)]
+    prev = [s._state.latent.copy() for s in sessions]
+    frames = SessionBatch(sessions).step([ACTION_NAMES[int(a[t])]] * 2)
+    for s, p, fr in zip(sessions, prev, frames):
+        expect = p.copy()
+        expect[:, PLAYER_ROW, PLAYER_COL] = moved[0, 0][:, PLAYER_ROW, PLAYER_COL]
+        np.testing.assert_array_equal(s._state.latent, expect)
+        np.testing.assert_array_equal(fr, w.backend.decode(expect[None])[0])

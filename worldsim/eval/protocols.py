@@ -51,7 +51,7 @@ class EvalConfig:
     one_step: int = 1000           # one-step samples
     rollouts: int = 16             # open-loop rollouts
     rollout_len: int = 256
-    horizons: tuple[int, ...] = (16, 64, 256)
+    horizons: tuple[int, ...] = (16, 32, 64, 256)  # 32: the open-loop horizon of the world-model quality bar (#3)
     revisits: int = 40             # revisit events (at most; as many as the episodes hold)
     look_max: int = 30             # frames after A is back on screen that are scored (the looking segment)
     long_runs: int = 4
