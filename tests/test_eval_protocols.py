@@ -54,6 +54,12 @@ def test_real_game_scores_perfect(results):
     rv = res["revisits"]["model"]
     assert rv["events"] >= 1 and rv["revisit_block_kept_n"] > 0
     assert rv["revisit_block_kept"] == 1.0 and rv["revisit_area"] == 1.0
+    # the perfect-memory reference (cells as last seen by departure, re-projected with the real positions)
+    # keeps the block and the static area around it; it cannot know cells first seen after departure
+    pm = rv["perfect_memory"]
+    assert pm["revisit_block_kept"] == 1.0 and pm["revisit_block_kept_n"] == rv["revisit_block_kept_n"]
+    assert pm["revisit_area"] >= 0.95 and pm["revisit_view_all"] < 1.0
+    assert "perfect_memory" not in res["revisits"]["copy_last"]  # computed once, with the model
     lr = res["long_run"]["model"]
     assert lr["open_loop_following"] == 1.0
     assert all(w["tile_all"] == 1.0 and w["unexplained"] == 0.0 for w in lr["windows"])

@@ -125,7 +125,10 @@ def _summary(report: dict[str, Any], log) -> None:
                 f"(copy-last {pct(b['tile_all'])})")
     if "revisits" in res and res["revisits"]["model"].get("events"):
         m, b = res["revisits"]["model"], res["revisits"]["copy_last"]
-        log(f"revisits: block kept {pct(m['revisit_block_kept'])} (copy-last {pct(b['revisit_block_kept'])})")
+        pm = m.get("perfect_memory") or {}
+        log(f"revisits: block kept {pct(m['revisit_block_kept'])} (copy-last {pct(b['revisit_block_kept'])}, "
+            f"perfect memory {pct(pm.get('revisit_block_kept'))}), area {pct(m['revisit_area'])} "
+            f"(copy-last {pct(b['revisit_area'])}, perfect memory {pct(pm.get('revisit_area'))})")
     if "long_run" in res and res["long_run"]["model"].get("runs"):
         m, b = res["long_run"]["model"], res["long_run"]["copy_last"]
         log(f"long run: class TV {m['class_tv_to_real_last']:.3f} (copy-last {b['class_tv_to_real_last']:.3f}), "

@@ -371,7 +371,7 @@ def revisits(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
     S = episodes[0].frames.shape[1:]
     clf = get_classifier(S[0])
     total, beyond = M.Tally(), M.Tally()
-    final = M.Tally()
+    final, perfect = M.Tally(), M.Tally()
     away = []
     samples: dict[str, np.ndarray] = {}
     bar = _bar(sum(p[4] - p[1] for p in plans), f"revisits [{label}]", progress)
@@ -385,6 +385,12 @@ def revisits(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
         M.revisit_scores(lab, ref, ep.pos[look], target, placed, tally=total)
         M.tile_scores(lab, ref, {"all": np.ones(lab.shape, bool)}, total, prefix="revisit_view_")
         M.revisit_scores(lab[-1:], ref[-1:], ep.pos[t_end:t_end + 1], target, placed, tally=final)
+        if label == "model":  # the perfect-memory reference: every cell as the real game last showed it by departure
+            seen = slice(max(0, t_place - k + 1), t_leave + 1)
+            seen_labels = clf.classify(ep.frames[seen], ep.daylight[seen], ep.sleeping[seen]).labels
+            pm = M.last_seen(seen_labels, ep.pos[seen], ep.pos[look])
+            M.revisit_scores(pm, ref, ep.pos[look], target, placed, tally=perfect)
+            M.tile_scores(pm, ref, {"all": np.ones(ref.shape, bool)}, perfect, prefix="revisit_view_")
         out_of_view = t_back - t_leave
         away.append(out_of_view)
         if out_of_view > k:
@@ -400,6 +406,8 @@ def revisits(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
     out["revisit_block_kept_final"] = final.rate("revisit_block_kept")
     out["revisit_block_kept_beyond_context"] = beyond.rate("revisit_block_kept")
     out["revisit_area_beyond_context"] = beyond.rate("revisit_area")
+    if label == "model":
+        out["perfect_memory"] = _rates(perfect, ["revisit_block_kept", "revisit_area", "revisit_view_all"])
     return out, samples
 
 

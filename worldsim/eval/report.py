@@ -339,7 +339,18 @@ def markdown(report: Mapping[str, Any]) -> str:
                 ("area around A as in the real game", "revisit_area"),
                 ("area around A, out of view > context", "revisit_area_beyond_context"),
                 ("whole view while back at A", "revisit_view_all")]
-        lines += _table([(a, k, m, b) for a, k in rows]) + [""]
+        table = _table([(a, k, m, b) for a, k in rows])
+        pm = m.get("perfect_memory")
+        if pm:  # a third column: the real game's cells as last seen by departure, re-projected (the ceiling)
+            table[0] += " perfect memory |"
+            table[1] += "---:|"
+            for i, (_, k) in enumerate(rows, start=2):
+                table[i] += f" {_fmt(pm.get(k), '%')} |"
+        lines += table + [""]
+        if pm:
+            lines += ["Perfect memory: every cell as the real game last showed it up to the departure, re-projected with "
+                      "the real positions (cells never seen count as wrong): what a world that remembers perfectly and "
+                      "moves exactly like the game would score.", ""]
         if "revisit.png" in report["plots"]:
             lines += ["![revisit example](revisit.png)", ""]
     if "long_run" in res and res["long_run"]["model"].get("runs"):
