@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from worldsim.eval.tiles import daylight_at
 from worldsim.memory import PLAYER_COL, PLAYER_ROW, estimate_move, target_walkable
 
 
@@ -36,3 +37,64 @@ def enforce_blocked_move(prev_frame: np.ndarray, prev_latent: np.ndarray, latent
     out = np.array(prev_latent, np.float32, copy=True)
     out[:, PLAYER_ROW, PLAYER_COL] = latent[:, PLAYER_ROW, PLAYER_COL]
     return out, True
+
+
+# ---------------------------------------------------------------------------------------------------
+# the day clock
+#
+# Crafter's daylight is a fixed function of the step count (300 steps a day, night for ~125 of them), and
+# the frame is lit from it (crafter.engine.LocalView._light). The model sees only its window (1-2 s), which
+# cannot tell the time: in free play a generated night never ended. The session estimates the clock from
+# its context frames once (``fit_clock``), and the engine relights each generated frame whose daylight
+# strays from the clock's (``relight``: Crafter's lighting is linear per pixel, so it inverts exactly up to
+# the night noise, which enters through its mean).
+
+NIGHT_NOISE_MEAN = 79.5  # Crafter's night noise is uniform(32, 127), grey
+DAY_CLOCK_TOLERANCE = 0.03  # daylight a generated frame may stray from the clock's before it is relit
+_LUMA = np.array([0.299, 0.587, 0.114])  # PIL's convert("L"), used by ImageEnhance.Color
+_TINT = np.array([0.0, 16.0, 64.0])
+
+
+def _vignette(h: int, w: int) -> np.ndarray:
+    """Crafter's night-noise weight over the world view (h, w) (LocalView._vignette, stddev 0.5)."""
+    x, y = np.meshgrid(np.linspace(-1, 1, w), np.linspace(-1, 1, h))
+    return 1 - np.exp(-0.5 * (x ** 2 + y ** 2) / 0.25)
+
+
+def _light_terms(daylight: float, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pixel, lit = a * C + c * luma(C) + b for the unlit view C: -> a, c (h,w,1), b (h,w,3)."""
+    d = float(daylight)
+    m = (2 * (0.5 - d) * _vignette(h, w))[..., None] if d < 0.5 else np.zeros((h, w, 1))
+    a = d + 0.2 * (1 - d) * (1 - m)
+    c = 0.3 * (1 - d) * (1 - m)
+    b = (1 - d) * (0.5 * m * NIGHT_NOISE_MEAN + 0.5 * _TINT)
+    return a, c, b
+
+
+def relight(frame: np.ndarray, daylight_from: float, daylight_to: float, view_rows: int = 7) -> np.ndarray:
+    """A frame uint8 (S,S,3) lit at ``daylight_from`` as Crafter would light it at ``daylight_to``: the world
+    view (the top ``view_rows`` of 9 tile rows) is unlit and lit again; the inventory rows are not lit."""
+    S = frame.shape[0]
+    h = view_rows * (S // 9)
+    v = frame[:h].astype(np.float64)
+    a, c, b = _light_terms(daylight_from, h, frame.shape[1])
+    y = v - b
+    luma = (y @ _LUMA)[..., None] / (a + c)
+    unlit = np.clip((y - c * luma) / a, 0, 255)
+    a, c, b = _light_terms(daylight_to, h, frame.shape[1])
+    out = frame.copy()
+    out[:h] = np.clip(np.rint(a * unlit + c * (unlit @ _LUMA)[..., None] + b), 0, 255).astype(np.uint8)
+    return out
+
+
+def fit_clock(daylights: np.ndarray) -> int | None:
+    """The step count (mod 300) of the last of consecutive frames whose daylights (T,) were read (NaN:
+    unreadable): the phase whose daylight curve fits them best. None when nothing was readable."""
+    d = np.asarray(daylights, np.float64)
+    ok = np.isfinite(d)
+    if not ok.any():
+        return None
+    back = np.arange(len(d))[::-1][ok]  # frames before the last one
+    phases = np.arange(300)
+    err = ((daylight_at(phases[:, None] - back[None]) - d[ok][None]) ** 2).sum(1)
+    return int(phases[err.argmin()])

@@ -23,11 +23,12 @@ import numpy as np
 
 from engine.backends import BACKENDS, BackendUnavailable, OrtBackend, TorchBackend, ensure_onnx_graphs, tensorrt_unavailable_reason
 from engine.cache import RingKVCache
-from engine.rules import enforce_blocked_move
+from engine.rules import DAY_CLOCK_TOLERANCE, enforce_blocked_move, fit_clock, relight
 from engine.memory import MemoryBank, MemoryConfig, MemoryKV, fill_uncovered, memory_slots, predicted_poses, slot_shift
 from worldsim.actions import ACTION_NAMES, NULL_ACTION, action_index
 from worldsim.diffusion import FlowSampler
 from worldsim.io import atomic_path, read_json
+from worldsim.eval.tiles import daylight_at
 from worldsim.memory import estimate_move, frame_lighting, target_walkable, track_poses
 
 WORLD_FORMAT = "worldsim-world"
@@ -51,6 +52,7 @@ class RuntimePreset:
     memory_capacity: int = 512  # bank entries kept at most (constant memory and time over hours of play)
     memory_fill: bool = False  # tiles a move uncovers come from the bank where it saw them (engine.memory.fill_uncovered)
     block_rule: bool = True  # Crafter's rule on generated frames: a move onto a tile the player cannot enter only turns it
+    day_clock: bool = True  # Crafter's day/night clock (fitted to the context) relights generated frames (engine.rules)
 
 
 # Windows are capped by what the world was trained on (world.json max_window: 15 for the shipped world). A
@@ -473,13 +475,18 @@ class Session:
         cache = self._new_cache()
         self._state = SessionState(T - 1, cache, frames[-1].copy(), z[-1].copy(), {})
         self._commit(z[None], model_acts, first)
+        lights = [_light(f, awake_only=True) for f in frames] if (self._mem_cfg is not None or self.world.preset.day_clock) else []
+        if self.world.preset.day_clock:
+            step = fit_clock(np.array(lights[-self.world.preset.window - 1:]))  # the game's step count (mod 300) of the last frame
+            if step is not None:
+                self._state.extra["day_offset"] = step - (T - 1)  # frame f is at step f + day_offset
         if self._mem_cfg is not None:
             # every context frame enters the bank (those older than the window too), at poses tracked from (0, 0)
             z_all = be.encode(frames[:first]) if first > 0 else z[:0]
             z_all = np.concatenate([z_all, z]) if first > 0 else z
             bank = self._new_memory()
             for i, p in enumerate(track_poses(frames, np.asarray(acts[:T], np.int64))):
-                bank.observe(z_all[i], i, p, _light(frames[i]))
+                bank.observe(z_all[i], i, p, lights[i])
             self._state.memory = bank
 
     def _new_memory(self) -> MemoryBank:
@@ -504,8 +511,8 @@ class Session:
             return self._step_chunk_memory(acts)
         fused = getattr(self.world.backend, "step_chunk", None)
         # the whole per-frame work on the backend's device (tensorrt: one CUDA graph); the blocked-move rule
-        # reads the decoded frame on the host before the commit, so it takes the generic path
-        if fused is not None and not self.world.preset.block_rule:
+        # and the day clock read the decoded frame on the host before the commit, so they take the generic path
+        if fused is not None and not (self.world.preset.block_rule or self.world.preset.day_clock):
             frames = fused(self, acts)
             if frames is not None:
                 return frames
@@ -547,7 +554,7 @@ class Session:
         st.frame = frames[-1].copy()
         st.latent = x0[0, -1].copy()
         timings = {"denoise_ms": (t1 - t0) * 1e3, "commit_ms": commit_s * 1e3, "decode_ms": (t_fin - t1) * 1e3,
-                   "total_ms": (t3 - t0) * 1e3, "rule_fixes": found.get("rule_fixes", 0)}
+                   "total_ms": (t3 - t0) * 1e3, "rule_fixes": found.get("rule_fixes", 0), "relit": found.get("relit", 0)}
         return frames, x0[0], timings
 
     # -- memory (preset.memory > 0) -------------------------------------------------------------------
@@ -604,13 +611,14 @@ class Session:
         bank = st.memory
         frames = w.backend.decode(x0[0])
         rule = w.preset.block_rule
-        if not rule and bank is None:
+        offset = st.extra.get("day_offset") if w.preset.day_clock else None
+        if not rule and bank is None and offset is None:
             return x0, frames
         k = len(acts)
         out, poses, lights = x0.copy(), np.zeros((k, 2), np.int64), np.zeros(k, np.float32)
         prev, prev_z = st.frame, st.latent
         pose = bank.current_pose if bank is not None else np.zeros(2, np.int64)
-        fixes = filled = 0
+        fixes = filled = relit = 0
         for i, a in enumerate(acts):
             walkable = target_walkable(prev, a, frames[i]) if (rule or bank is not None) else None
             if rule:
@@ -618,9 +626,16 @@ class Session:
                 if fixed:
                     out[0, i], frames[i] = z, w.backend.decode(z[None])[0]
                     fixes += 1
+            lit = frame_lighting(frames[i]) if (offset is not None or bank is not None) else None
+            if offset is not None and lit is not None and not lit[1]:
+                # the game's clock sets the light: a generated frame lit otherwise is relit (engine.rules.relight)
+                want = float(daylight_at(st.frame_index + 1 + i + offset))
+                if abs(lit[0] - want) > DAY_CLOCK_TOLERANCE:
+                    z = w.backend.encode(relight(frames[i], lit[0], want)[None])[0]
+                    out[0, i], frames[i] = z, w.backend.decode(z[None])[0]
+                    lit, relit = (want, False), relit + 1
             if bank is not None:
                 new_pose = pose + self._move(prev, frames[i], a, walkable)
-                lit = frame_lighting(frames[i])
                 lights[i] = np.nan if lit is None else lit[0]
                 if bank.cfg.fill:
                     z, n = fill_uncovered(bank, out[0, i], frames[i], pose, new_pose, None if lit is None else lit[0], self._entry_pixels)
@@ -629,7 +644,7 @@ class Session:
                         filled += n
                 pose = poses[i] = new_pose
             prev, prev_z = frames[i], out[0, i]
-        found.update(poses=poses, lights=lights, filled=filled, rule_fixes=fixes)
+        found.update(poses=poses, lights=lights, filled=filled, rule_fixes=fixes, relit=relit)
         return out, frames
 
     def _move(self, prev: np.ndarray, frame: np.ndarray, action: int, walkable: bool | None) -> np.ndarray:
@@ -653,7 +668,7 @@ class Session:
         return px
 
 
-def _light(frame: np.ndarray) -> float:
-    """A frame's daylight for the memory bank (NaN where it cannot be read)."""
+def _light(frame: np.ndarray, awake_only: bool = False) -> float:
+    """A frame's daylight (NaN where it cannot be read, or with ``awake_only`` where the player sleeps)."""
     lit = frame_lighting(frame)
-    return float("nan") if lit is None else lit[0]
+    return float("nan") if lit is None or (awake_only and lit[1]) else lit[0]

@@ -16,7 +16,7 @@ def episode() -> dict[str, np.ndarray]:
     """A real recorded explorer episode (held-out seed) with blocked and successful moves."""
     from worldsim.data.record import record_episode
 
-    return record_episode(1_000_007, 240, size=72)
+    return record_episode(1_000_007, 240, size=72)  # steps 0-239: day, dusk and the start of the night
 
 
 def _moved_view(frame: np.ndarray, d: tuple[int, int]) -> np.ndarray:
@@ -84,7 +84,7 @@ def test_session_applies_the_rule_and_it_can_be_turned_off(tmp_path, episode):
     path = make_tiny_world(tmp_path / "tiny")
     out = {}
     for rule in (True, False):
-        w = World.load(path, backend="onnxruntime", threads=1, block_rule=rule)
+        w = World.load(path, backend="onnxruntime", threads=1, block_rule=rule, day_clock=False)
         assert w.preset.block_rule is rule
         moved = w.backend.encode(_moved_view(f[t], move_delta(int(a[t])))[None])[None]  # (1,1,C,g,g)
         real_dit = w.backend.dit
@@ -112,7 +112,7 @@ def test_session_batch_applies_the_rule_like_a_session(tmp_path, episode):
 
     f, a, pos = episode["frames"], episode["actions"], episode["pos"]
     t = next(t for t in range(16, len(a) - 1) if move_delta(int(a[t])) != (0, 0) and (pos[t + 1] == pos[t]).all())
-    w = World.load(make_tiny_world(tmp_path / "tiny"), backend="onnxruntime", threads=1)
+    w = World.load(make_tiny_world(tmp_path / "tiny"), backend="onnxruntime", threads=1, day_clock=False)
     moved = w.backend.encode(_moved_view(f[t], move_delta(int(a[t])))[None])[None]  # (1,1,C,g,g)
     real_dit = w.backend.dit
     w.backend.dit = lambda x, *rest: (np.repeat(moved, len(x), 0), *real_dit(x, *rest)[1:])  # walks through, every session
@@ -125,3 +125,99 @@ def test_session_batch_applies_the_rule_like_a_session(tmp_path, episode):
         expect[:, PLAYER_ROW, PLAYER_COL] = moved[0, 0][:, PLAYER_ROW, PLAYER_COL]
         np.testing.assert_array_equal(s._state.latent, expect)
         np.testing.assert_array_equal(fr, w.backend.decode(expect[None])[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# the day clock
+
+
+def _render_at(env, daylight: float) -> np.ndarray:
+    env._env._world.daylight = daylight
+    return env._env.render()
+
+
+def test_relight_matches_the_game_s_own_lighting():
+    """Crafter lights the same world at another daylight exactly as relight() says (up to rounding by day;
+    at night the game's random noise enters only through its mean)."""
+    from engine.rules import relight
+    from worldsim.crafter_env import CrafterEnv
+
+    env = CrafterEnv(seed=1_000_003, size=72)
+    env.reset(seed=1_000_003)
+    for d1, d2 in ((1.0, 0.6), (0.6, 1.0), (0.8, 0.5), (0.55, 0.95)):
+        f1, f2 = _render_at(env, d1), _render_at(env, d2)
+        err = np.abs(relight(f1, d1, d2).astype(int) - f2.astype(int))
+        assert err.max() <= 1, (d1, d2)
+        assert np.abs(f1.astype(int) - f2.astype(int))[:56].mean() > 10  # the light really changed
+    for d1, d2 in ((1.0, 0.3), (0.3, 0.9)):
+        f1, f2 = _render_at(env, d1), _render_at(env, d2)
+        err = np.abs(relight(f1, d1, d2).astype(int) - f2.astype(int))[:56].mean()
+        assert err < 0.15 * np.abs(f1.astype(int) - f2.astype(int))[:56].mean(), (d1, d2)
+    f = _render_at(env, 0.7)
+    assert np.array_equal(relight(f, 0.7, 0.2)[56:], f[56:])  # the inventory is not lit
+
+
+def test_fit_clock_reads_the_time_of_day_from_a_few_frames(episode):
+    """From 8 consecutive real frames (their daylight read off the player tile) the step count mod 300."""
+    from engine.rules import fit_clock
+    from worldsim.memory import frame_lighting
+
+    d = np.array([np.nan if (lit := frame_lighting(f)) is None or lit[1] else lit[0] for f in episode["frames"]])
+    errs = []
+    for t in range(7, len(d), 5):
+        s = fit_clock(d[t - 7:t + 1])
+        diff = (s - int(episode["step"][t])) % 300
+        errs.append(min(diff, 300 - diff))
+    assert np.median(errs) <= 2 and np.percentile(errs, 90) <= 8 and max(errs) <= 40, errs
+    assert fit_clock(np.full(4, np.nan)) is None
+
+
+def _exact_codec(backend) -> None:
+    """Make a backend's decoder give back exactly the frames its encoder saw (other latents: the real decoder)."""
+    seen: dict[bytes, np.ndarray] = {}
+    enc, dec = backend.encode, backend.decode
+
+    def encode(frames):
+        z = enc(frames)
+        for zi, fi in zip(z, frames):
+            seen[np.asarray(zi, np.float32).tobytes()] = np.array(fi)
+        return z
+
+    def decode(z):
+        keys = [np.asarray(zi, np.float32).tobytes() for zi in z]
+        return np.stack([seen[k] if k in seen else dec(np.asarray(zi)[None])[0] for k, zi in zip(keys, z)])
+
+    backend.encode, backend.decode = encode, decode
+
+
+def test_session_keeps_the_game_s_clock(tmp_path, episode):
+    """A model that draws every frame at night while the clock says day: the session relights it (its
+    frames read back at the clock's daylight), not with day_clock=false; the clock survives save/load."""
+    from engine.rules import relight
+    from worldsim.actions import ACTION_NAMES
+    from worldsim.eval.tiles import daylight_at
+    from worldsim.memory import frame_lighting
+
+    f, a = episode["frames"], episode["actions"]
+    t = 20  # a daytime context
+    path = make_tiny_world(tmp_path / "tiny")
+    got = {}
+    for clock in (True, False):
+        w = World.load(path, backend="onnxruntime", threads=1, block_rule=False, day_clock=clock)
+        _exact_codec(w.backend)  # the random tiny autoencoder would scramble the light
+        dark = w.backend.encode(relight(f[t], frame_lighting(f[t])[0], 0.2)[None])[None]  # the context frame, at night
+        real_dit = w.backend.dit
+        w.backend.dit = lambda x, *rest: (dark.copy(), *real_dit(x, *rest)[1:])
+        s = w.new_session(f[t - 7:t + 1], [int(x) for x in a[t - 7:t]] + [None], seed=0)
+        frames = [s.step(ACTION_NAMES[int(x)]) for x in a[t:t + 3]]
+        got[clock] = (frames, s)
+    frames, s = got[True]
+    offset = s._state.extra["day_offset"]
+    assert abs((s.frame_index + offset - int(episode["step"][t + 3]) + 150) % 300 - 150) <= 8
+    for i, fr in enumerate(frames):
+        want = float(daylight_at(8 + i + offset))  # the context's last frame has index 7
+        assert abs(frame_lighting(fr)[0] - want) <= 0.05
+    assert s.timings["relit"] == 1
+    assert all(frame_lighting(fr)[0] < 0.3 for fr in got[False][0])  # without the clock the night stays
+    s.save(tmp_path / "s.npz")
+    assert s.world.load_session(tmp_path / "s.npz")._state.extra["day_offset"] == offset
