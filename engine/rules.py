@@ -1,15 +1,21 @@
 """The game's rules applied to generated frames: what the world model does not always get right.
 
-A Crafter move onto a tile the player cannot enter (water, stone, a tree, a table, a creature...) does
-not move the player: it only turns it to face that way. The model learned this from data where it is
-rare (a few percent of moves) and often moves the view anyway (blocked moves stayed put in 43% of
-cases for the session-3 world). The rule is cheap to read from the frame the move starts from (the
-faced tile, by the nearest-texture classifier of worldsim.eval.tiles, ~0.3 ms), so the engine applies
-it: when the rule says blocked and the new frame's view moved, the new frame becomes the previous
-frame with the model's new player tile (the player turned, facing the move), nothing else changed.
+Two rules, each a preset switch (on by default), applied after denoising and before the commit, so the
+model continues from the corrected frame (Session._finish):
 
-The rule is only trusted where it is sure: an unreadable frame or a non-move leaves the model's frame
-as it is, and a move the rule allows is never forced (the model follows those: 97-100% measured).
+- **Blocked moves** (``block_rule``). A Crafter move onto a tile the player cannot enter (water, stone, a
+  tree, a table, a creature...) does not move the player: it only turns it to face that way. The model
+  learned this from data where it is rare (a few percent of moves) and moved the view anyway in 57% of
+  cases (session-3 world). The rule is cheap to read from the frame the move starts from (the faced tile,
+  by the nearest-texture classifier of worldsim.eval.tiles, ~0.3 ms): when it says blocked and the new
+  frame's view moved, the new frame becomes the previous frame with the model's new player tile (the
+  player turned), nothing else changed. It is trusted only where it is sure: an unreadable frame or a
+  non-move leaves the model's frame as it is, and a move the rule allows is never forced.
+- **The day clock** (``day_clock``). Crafter's daylight is a fixed function of the step count; the model's
+  window (1-2 s) cannot tell the time, and in free play a generated night never ended. The session fits
+  the clock to its context once (``fit_clock``) and relights each generated frame whose daylight strays
+  from it (``relight``: Crafter's lighting is linear per pixel, so it inverts exactly by day; at night the
+  game's random noise enters through its mean).
 """
 
 from __future__ import annotations
@@ -40,14 +46,7 @@ def enforce_blocked_move(prev_frame: np.ndarray, prev_latent: np.ndarray, latent
 
 
 # ---------------------------------------------------------------------------------------------------
-# the day clock
-#
-# Crafter's daylight is a fixed function of the step count (300 steps a day, night for ~125 of them), and
-# the frame is lit from it (crafter.engine.LocalView._light). The model sees only its window (1-2 s), which
-# cannot tell the time: in free play a generated night never ended. The session estimates the clock from
-# its context frames once (``fit_clock``), and the engine relights each generated frame whose daylight
-# strays from the clock's (``relight``: Crafter's lighting is linear per pixel, so it inverts exactly up to
-# the night noise, which enters through its mean).
+# the day clock (see the module docstring)
 
 NIGHT_NOISE_MEAN = 79.5  # Crafter's night noise is uniform(32, 127), grey
 DAY_CLOCK_TOLERANCE = 0.03  # daylight a generated frame may stray from the clock's before it is relit

@@ -603,9 +603,10 @@ class Session:
         """The denoised chunk x0 (1,k,C,g,g) -> (x0 as it will be committed, its frames uint8 (k,H,W,3)).
 
         Decodes, then frame by frame (each against the final frame before it): Crafter's blocked-move rule
-        (preset.block_rule: a move onto a tile the player cannot enter only turns it; engine.rules), and with
-        a memory bank the pose of the new frame and the fill of the tiles its move uncovered. Reports
-        rule_fixes and, with memory, poses, lights and filled into ``found``.
+        (preset.block_rule: a move onto a tile the player cannot enter only turns it), the day clock
+        (preset.day_clock: a frame lit otherwise than the game's clock says is relit; both engine.rules), and
+        with a memory bank the pose of the new frame and the fill of the tiles its move uncovered. Reports
+        rule_fixes, relit and, with memory, poses, lights and filled into ``found``.
         """
         w, st = self.world, self._state
         bank = st.memory
