@@ -288,6 +288,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", "--backend", default="onnxruntime,torch", help="comma list of backends (default: onnxruntime,torch)")
     parser.add_argument("--presets", "--preset", default="fast,quality", help="comma list of runtime presets (default: fast,quality)")
     parser.add_argument("--window", type=int, default=None, help="override the presets' cache window (frames; capped by the world's)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any runtime preset field, e.g. block_rule=false or day_clock=false (repeatable)")
     parser.add_argument("--frames", type=int, default=200, help="timed frames per repeat (default: 200)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed frames first (at least window+1: the ring fills up; default 20), or with --sessions "
@@ -328,11 +330,13 @@ def _resolve_world(args, tmp: Path) -> Path | None:
     return path
 
 
-def _load(path: Path, backend: str, preset: str, threads: int | None, spinning: bool | None, window: int | None = None):
+def _load(path: Path, backend: str, preset: str, threads: int | None, spinning: bool | None, window: int | None = None,
+          options: dict[str, Any] | None = None):
     from engine.backends import OrtBackend
     from engine.world import World
 
-    world = World.load(path, backend=backend, preset=preset, threads=threads, **({"window": window} if window else {}))
+    over = {**(options or {}), **({"window": window} if window else {})}
+    world = World.load(path, backend=backend, preset=preset, threads=threads, **over)
     if backend == "onnxruntime" and spinning is not None and spinning != world.backend.spinning:
         world.backend = OrtBackend(world.backend.graph_dir, threads=threads, spinning=spinning)
     return world
@@ -410,6 +414,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--naive-frames must be >= 1, got {args.naive_frames}")
         if args.warmup is not None and args.warmup < 0:
             raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+        from engine.world import parse_preset_options
+
+        options = parse_preset_options(getattr(args, "option", None) or [])
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -438,7 +445,7 @@ def run(args: argparse.Namespace) -> int:
                                    "spinning": "-" if spinning is None and backend != "onnxruntime" else ""}
             try:
                 world = _load(path, backend, preset, threads if threads or backend != "torch" else default_torch_threads, spinning,
-                              args.window)
+                              args.window, options)
             except (BackendUnavailable, ImportError) as e:
                 row.update(spinning="-", error=str(e))
                 rows.append(row)
