@@ -4,6 +4,7 @@ the ring buffer past capacity, error messages, and a `worldsim bench --tiny` smo
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import statistics
@@ -419,6 +420,26 @@ def test_bad_load_options(world_dir):
         World.load(world_dir, stpes=2)
     with pytest.raises(ValueError, match=">= 1"):
         World.load(world_dir, steps=0)
+
+
+def test_preset_options_from_the_command_line(world_dir, capsys):
+    """`--option KEY=VALUE` (eval, bench): typed like the preset's fields; a bad key or value is a clear error."""
+    from engine.world import parse_preset_options
+
+    opts = parse_preset_options(["block_rule=false", "day_clock=OFF", "window=4", "ctx_noise=0.05"])
+    assert opts == {"block_rule": False, "day_clock": False, "window": 4, "ctx_noise": 0.05}
+    w = World.load(world_dir, backend="onnxruntime", threads=1, **opts)
+    assert (w.preset.block_rule, w.preset.day_clock, w.preset.window) == (False, False, 4)
+    for bad, says in (("blok_rule=false", "KEY one of"), ("window", "KEY=VALUE"), ("window=four", "not a valid int"),
+                      ("day_clock=maybe", "not a valid bool")):
+        with pytest.raises(ValueError, match=says):
+            parse_preset_options([bad])
+    from engine.bench import add_arguments, run
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert run(parser.parse_args(["--world", str(world_dir), "--option", "window=x"])) == 2
+    assert "window" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "missing", "swapped"])
