@@ -124,9 +124,8 @@ class SessionBatch:
                 self._v[:, i, :, slot * n:(slot + 1) * n] = vv[:, i, :, j * n:(j + 1) * n]
             self._seen[i] = (st.cache, st.cache.frame.copy())
         t2 = time.perf_counter()
-        t3 = time.perf_counter()
         self.timings = {"denoise_ms": (t1 - t0) * 1e3, "commit_ms": (t2 - t_dec) * 1e3, "decode_ms": (t_dec - t1) * 1e3,
-                        "total_ms": (t3 - t0) * 1e3, "sessions": S}
+                        "total_ms": (t2 - t0) * 1e3, "sessions": S}
         out = []
         for i, (s, st) in enumerate(zip(self.sessions, states)):
             st.frame_index += k

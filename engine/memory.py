@@ -37,7 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from worldsim.actions import NULL_ACTION
-from worldsim.memory import DEFAULT_CELL, HALF_X, HALF_Y, VIEW_COLS, VIEW_ROWS, memory_shift, move_delta, needed_cells, retrieve
+from worldsim.memory import (DEFAULT_CELL, HALF_X, HALF_Y, VIEW_COLS, VIEW_ROWS, memory_shift, move_delta, needed_cells,
+                             newest_views, retrieve)
 
 MEMORY_VERSION = 1
 
@@ -319,14 +320,10 @@ def fill_uncovered(bank: MemoryBank, latent: np.ndarray, frame: np.ndarray, prev
     rows = np.nonzero(ok)[0]
     if len(cells) == 0 or len(rows) == 0:
         return latent, 0
-    bp, bf = bank.pose[rows], bank.frame[rows]
-    cover = (np.abs(bp[:, None, 0] - cells[None, :, 0]) <= HALF_X) & (np.abs(bp[:, None, 1] - cells[None, :, 1]) <= HALF_Y)
-    seen = cover.any(0)
+    seen, owner = newest_views(bank.pose[rows], bank.frame[rows], cells)
     if not seen.any():
         return latent, 0
-    key = np.where(cover[:, seen], bf[:, None] * (len(rows) + 1) + np.arange(len(rows))[:, None], -1)
-    owner = rows[key.argmax(0)]  # the newest view of each seen cell
-    cells = cells[seen]
+    owner, cells = rows[owner], cells[seen]  # the newest view of each seen cell
     r, c = cells[:, 1] - pose[1] + HALF_Y, cells[:, 0] - pose[0] + HALF_X  # where the new frame shows each cell
     here = read_view_tiles(frame, r * VIEW_COLS + c, (light, False))
     if here is None:

@@ -20,21 +20,26 @@ model continues from the corrected frame (Session._finish):
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from worldsim.eval.tiles import daylight_at
 from worldsim.memory import PLAYER_COL, PLAYER_ROW, estimate_move, target_walkable
 
 
+_READ = object()  # enforce_blocked_move's default: read the rule here
+
+
 def enforce_blocked_move(prev_frame: np.ndarray, prev_latent: np.ndarray, latent: np.ndarray, frame: np.ndarray, action: int,
-                         walkable: bool | None | str = "read") -> tuple[np.ndarray, bool]:
+                         walkable: bool | None | object = _READ) -> tuple[np.ndarray, bool]:
     """Crafter's blocked-move rule on one generated frame: -> (latent (C,g,g) to keep, whether it was fixed).
 
     prev_frame uint8 (H,W,3) / prev_latent (C,g,g): the frame the action was taken on; latent / frame: what
     the model made of it. ``walkable``: ``target_walkable(prev_frame, action, frame)`` when the caller has
     it (read here otherwise). A fixed latent is ``prev_latent`` with the new player tile's token.
     """
-    if isinstance(walkable, str):
+    if walkable is _READ:
         walkable = target_walkable(prev_frame, action, frame)
     if walkable is not False:  # a non-move, an allowed move, or a frame the classifier cannot read
         return latent, False
@@ -54,6 +59,7 @@ _LUMA = np.array([0.299, 0.587, 0.114])  # PIL's convert("L"), used by ImageEnha
 _TINT = np.array([0.0, 16.0, 64.0])
 
 
+@functools.lru_cache(maxsize=4)  # one view size per world: computed once, not per relit frame (read-only)
 def _vignette(h: int, w: int) -> np.ndarray:
     """Crafter's night-noise weight over the world view (h, w) (LocalView._vignette, stddev 0.5)."""
     x, y = np.meshgrid(np.linspace(-1, 1, w), np.linspace(-1, 1, h))

@@ -549,12 +549,11 @@ class Session:
         t_fin = time.perf_counter()
         commit_s = self._commit(x0, a, first)  # the window only: a committed frame already shows what memory gave it
         t2 = time.perf_counter()
-        t3 = time.perf_counter()
         st.frame_index += k
         st.frame = frames[-1].copy()
         st.latent = x0[0, -1].copy()
         timings = {"denoise_ms": (t1 - t0) * 1e3, "commit_ms": commit_s * 1e3, "decode_ms": (t_fin - t1) * 1e3,
-                   "total_ms": (t3 - t0) * 1e3, "rule_fixes": found.get("rule_fixes", 0), "relit": found.get("relit", 0)}
+                   "total_ms": (t2 - t0) * 1e3, "rule_fixes": found.get("rule_fixes", 0), "relit": found.get("relit", 0)}
         return frames, x0[0], timings
 
     # -- memory (preset.memory > 0) -------------------------------------------------------------------

@@ -75,6 +75,16 @@ def needed_cells(target_poses: np.ndarray, window_poses: np.ndarray | None = Non
     return cells[~seen]
 
 
+def newest_views(view_pose: np.ndarray, view_frame: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which views (poses (E,2), frames (E,)) show world ``cells`` (M,2): -> (seen bool (M,), owner int64 (S,)
+    the index of the newest view showing each seen cell, ties to the later row)."""
+    E = len(view_pose)
+    cover = (np.abs(view_pose[:, None, 0] - cells[None, :, 0]) <= HALF_X) & (np.abs(view_pose[:, None, 1] - cells[None, :, 1]) <= HALF_Y)
+    seen = cover.any(0)
+    key = np.where(cover[:, seen], view_frame[:, None] * (E + 1) + np.arange(E)[:, None], -1)
+    return seen, key.argmax(0).astype(np.int64)
+
+
 def retrieve(bank_pose: np.ndarray, bank_frame: np.ndarray, cells: np.ndarray, slots: int, min_owned: int = 1,
              candidates: np.ndarray | None = None) -> np.ndarray:
     """Indices (<= slots,) of the bank entries to show the model for world ``cells`` (M, 2).
@@ -98,14 +108,10 @@ def retrieve(bank_pose: np.ndarray, bank_frame: np.ndarray, cells: np.ndarray, s
     if len(rows) == 0:
         return np.zeros(0, np.int64)
     pose, frame = bank_pose[rows], bank_frame[rows]
-    E = len(rows)
-    cover = (np.abs(pose[:, None, 0] - cells[None, :, 0]) <= HALF_X) & (np.abs(pose[:, None, 1] - cells[None, :, 1]) <= HALF_Y)
-    seen = cover.any(0)
+    seen, owner = newest_views(pose, frame, cells)
     if not seen.any():
         return np.zeros(0, np.int64)
-    # the owner of a cell: the covering entry with the newest frame (ties: the later bank row)
-    key = np.where(cover[:, seen], frame[:, None] * (E + 1) + np.arange(E)[:, None], -1)
-    owned = np.bincount(key.argmax(0), minlength=E)
+    owned = np.bincount(owner, minlength=len(rows))
     order = np.lexsort((-frame, -owned))  # most cells first, then newest
     order = order[owned[order] >= max(1, min_owned)]
     return rows[order[:slots]].astype(np.int64)
