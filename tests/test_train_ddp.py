@@ -36,8 +36,8 @@ def test_tiny_training_pipeline_with_two_process_ddp(tmp_path):
     _run(ddp + dit_args + ["--steps", "4"], tmp_path)
     _, meta = load_checkpoint(tmp_path / "dit" / "last.safetensors", kind="dit")
     assert meta["step"] == 4
-    # resuming continues from the checkpoint instead of starting over
-    p = _run(ddp + dit_args + ["--steps", "6"], tmp_path)
+    # resuming continues from the checkpoint instead of starting over; step 5 trains on a 6-frame clip
+    p = _run(ddp + dit_args + ["--steps", "6", "--set", "long_clip_len=6", "--set", "long_clip_every=2"], tmp_path)
     assert "resumed dit" in p.stdout + p.stderr
     _, meta = load_checkpoint(tmp_path / "dit" / "last.safetensors", kind="dit")
     assert meta["step"] == 6
@@ -49,6 +49,9 @@ def test_tiny_training_pipeline_with_two_process_ddp(tmp_path):
                "--opening-data", str(val), "--out", str(world)], tmp_path)
     from engine import World
 
+    import json
+
+    assert json.loads((world / "world.json").read_text())["max_window"] == 5  # the long clips set the window
     w = World.load(world, backend="torch", threads=1)
     frame = w.new_session(seed=0).step("move_left")
     assert frame.shape == w.frame_shape and frame.dtype == np.uint8

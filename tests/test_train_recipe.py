@@ -9,7 +9,7 @@ import torch
 from worldsim.actions import ACTION_NAMES
 from worldsim.diffusion import FlowSampler
 from worldsim.dit import CausalDiT, dit_preset
-from worldsim.train import LatentClips, TrainConfig, _parse_sets, _self_rollout_context, dit_loss
+from worldsim.train import LatentClips, TrainConfig, _parse_sets, _self_rollout_context, clip_for_step, dit_loss, trained_window
 
 
 def test_set_overrides_parse_each_field_as_its_type():
@@ -24,6 +24,14 @@ def test_set_overrides_parse_each_field_as_its_type():
         _parse_sets(["clip_len=x"])
     with pytest.raises(SystemExit, match="clip_len must be >= 2"):
         _parse_sets(["clip_len=1"])
+
+
+def test_long_clips_every_nth_step_and_the_window_they_train():
+    cfg = TrainConfig(clip_len=16, batch=4, long_clip_len=32, long_clip_every=3, long_clip_batch=2)
+    assert [clip_for_step(s, cfg) for s in range(6)] == [(16, 4), (16, 4), (32, 2), (16, 4), (16, 4), (32, 2)]
+    assert clip_for_step(2, TrainConfig(clip_len=16, batch=4)) == (16, 4)  # off by default
+    assert trained_window({"clip_len": 16, "long_clip_len": 32}) == 31
+    assert trained_window({"clip_len": 16}) == 15
 
 
 def test_blocked_marks_moves_that_did_not_move_the_player():

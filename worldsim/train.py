@@ -43,6 +43,11 @@ class TrainConfig:
     weight_decay: float = 0.01
     ema: float = 0.999
     clip_len: int = 6  # DiT: frames per training clip
+    # DiT: every long_clip_every-th step trains on clips of long_clip_len frames (0 = off), long_clip_batch clips
+    # (0 = batch): a longer window learned beside the short one (switching to long clips outright unlearned it)
+    long_clip_len: int = 0
+    long_clip_every: int = 4
+    long_clip_batch: int = 0
     ctx_noise_max: float = 0.1  # DiT: context frames get a noise level in [0, this]
     action_dropout: float = 0.1  # DiT: fraction of frames whose action is replaced by the null action
     p_pure: float = 0.25  # DiT: fraction of target frames at noise level 1
@@ -97,6 +102,18 @@ def _device() -> torch.device:
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return torch.device("cpu")
+
+
+def clip_for_step(step: int, cfg: TrainConfig) -> tuple[int, int]:
+    """(frames per clip, clips summed over ranks) of training step ``step`` (the same on every rank)."""
+    if cfg.long_clip_len and step % cfg.long_clip_every == cfg.long_clip_every - 1:
+        return cfg.long_clip_len, cfg.long_clip_batch or cfg.batch
+    return cfg.clip_len, cfg.batch
+
+
+def trained_window(train_meta: dict[str, Any]) -> int:
+    """The longest window (frames of context) a DiT saw in training, from its checkpoint's train config."""
+    return max(int(train_meta.get("clip_len", 8)), int(train_meta.get("long_clip_len", 0) or 0)) - 1
 
 
 def _lr_at(step: int, cfg: TrainConfig) -> float:
@@ -574,6 +591,9 @@ def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: boo
               val_data: str | None = None) -> Path:
     """Train the DiT on AE latents; -> path of the exported EMA model (out/dit.safetensors)."""
     model_cfg = dit_preset(cfg.model)
+    if cfg.long_clip_len and (cfg.long_clip_every < 1 or cfg.long_clip_len <= cfg.clip_len):
+        raise ValueError(f"long clips need long_clip_every >= 1 and long_clip_len > clip_len ({cfg.clip_len}), "
+                         f"got long_clip_len={cfg.long_clip_len}, long_clip_every={cfg.long_clip_every}")
     ae = load_autoencoder(ae_path)
     if ae.cfg.latent_channels != model_cfg.latent_channels or ae.cfg.grid != model_cfg.grid:
         raise ValueError(f"DiT preset {cfg.model!r} expects {model_cfg.latent_channels}x{model_cfg.grid}x{model_cfg.grid} latents; "
@@ -591,21 +611,22 @@ def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: boo
     val = LatentClips(_open(val_data or data, "val", cfg.max_val_episodes, val_fields), ae, trainer.device)
     rng = np.random.default_rng(cfg.seed + 1000 * trainer.rank + trainer.step)
     gen = torch.Generator().manual_seed(cfg.seed + 7919 * trainer.rank + trainer.step)
-    per_rank = max(1, cfg.batch // trainer.world)
     sampler = FlowSampler(steps=1)
     bar = _bar(cfg.steps, trainer.step, progress and trainer.rank == 0, "dit")
     t0, seen = time.perf_counter(), 0
     while trainer.step < cfg.steps:
         memory = None
+        T, clips = clip_for_step(trainer.step, cfg)
+        per_rank = max(1, clips // trainer.world)
         if cfg.memory_frames > 0:
-            z, a, origins, memory = train.sample_with_memory(rng, per_rank, cfg.clip_len, cfg)
+            z, a, origins, memory = train.sample_with_memory(rng, per_rank, T, cfg)
             memory = memory.to(trainer.device)
         else:
-            z, a, origins = train.sample(rng, per_rank, cfg.clip_len)
+            z, a, origins = train.sample(rng, per_rank, T)
         z, a = z.to(trainer.device), a.to(trainer.device)
         weight = None
         if cfg.blocked_weight != 1.0:
-            weight = 1.0 + (cfg.blocked_weight - 1.0) * train.moves(origins, cfg.clip_len)[1].float().to(trainer.device)
+            weight = 1.0 + (cfg.blocked_weight - 1.0) * train.moves(origins, T)[1].float().to(trainer.device)
         ctx = None
         if trainer.step >= cfg.self_rollout_after * cfg.steps and rng.random() < cfg.self_rollout_prob:
             with trainer.autocast():
@@ -613,7 +634,7 @@ def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: boo
         with trainer.autocast():
             loss, parts = dit_loss(trainer.net, z, a, cfg, ctx=ctx, generator=gen, memory=memory, weight=weight)
         gn = trainer.update(loss)
-        seen += per_rank * trainer.world * cfg.clip_len
+        seen += per_rank * trainer.world * T
         if trainer.step % cfg.log_every == 0:
             fps = seen / (time.perf_counter() - t0)
             trainer.log({"loss": loss.item(), "grad_norm": gn, "target_frames_per_s": fps, "self_rollout": ctx is not None, **parts})
@@ -806,8 +827,7 @@ def _run_package(args: argparse.Namespace) -> int:
     if not (args.ae and args.dit and args.opening_data):
         raise SystemExit("worldsim train package: --ae, --dit and --opening-data are required")
     meta = read_meta(args.dit, kind="dit")
-    clip_len = int(meta.get("train", {}).get("clip_len", 8))
-    out = package_world(args.out, args.ae, args.dit, opening_from_dataset(args.opening_data), max_window=clip_len - 1,
+    out = package_world(args.out, args.ae, args.dit, opening_from_dataset(args.opening_data), max_window=trained_window(meta.get("train", {})),
                         model_card=args.model_card)
     print(f"wrote world {out}")
     return 0
