@@ -92,17 +92,23 @@ class SessionBatch:
         shape = (1, k, d.latent_channels, d.grid, d.grid)
         # every session draws from its own RNG in Session._step_chunk's order: start noise, step noise, commit noise
         x = np.concatenate([s._rng.standard_normal(shape, dtype=np.float32) for s in self.sessions])  # (S,k,C,g,g)
+        warm = [s._warm_start(a[i].tolist()) for i, s in enumerate(self.sessions)]  # Session._generate's start
+        for i, (start, s0) in enumerate(warm):
+            if start is not None:
+                x[i] = s0 * x[i] + (1 - s0) * start[None]
+        level = np.array([s0 for _, s0 in warm], np.float32)  # (S,): each session's schedule is scaled by its start
         inputs = [st.cache.inputs(f) for st, f in zip(states, firsts)]
         past_t = np.concatenate([p[0] for p in inputs])  # (S,P)
         past_valid = np.concatenate([p[1] for p in inputs])
         shift = np.zeros((S, past_t.shape[1], 2), np.float32)
         ts = sampler.timesteps()
         for t, t_next in zip(ts[:-1], ts[1:]):
-            x0, _, _ = be.dit(x, np.full((S, k), t, np.float32), a, self._k, self._v, past_t, past_valid, shift)
+            x0, _, _ = be.dit(x, np.repeat((t * level)[:, None], k, 1), a, self._k, self._v, past_t, past_valid, shift)
             noise = None
             if sampler.stochastic and t_next > 0:
                 noise = np.concatenate([s._rng.standard_normal(shape, dtype=np.float32) for s in self.sessions])
-            x = sampler.step(x, x0, t, t_next, noise)
+            x = np.concatenate([sampler.step(x[i:i + 1], x0[i:i + 1], float(t * level[i]), float(t_next * level[i]),
+                                             None if noise is None else noise[i:i + 1]) for i in range(S)])
         x0 = np.asarray(x, np.float32)
         t1 = time.perf_counter()
         # decode + the game's rules, per session exactly as Session._step_chunk does (so a batch == its sessions)

@@ -25,7 +25,8 @@ import functools
 import numpy as np
 
 from worldsim.eval.tiles import daylight_at
-from worldsim.memory import PLAYER_COL, PLAYER_ROW, estimate_move, target_walkable
+from worldsim.actions import ACTION_NAMES
+from worldsim.memory import PLAYER_COL, PLAYER_ROW, VIEW_COLS, VIEW_ROWS, estimate_move, frame_lighting, move_delta, target_walkable
 
 
 _READ = object()  # enforce_blocked_move's default: read the rule here
@@ -48,6 +49,28 @@ def enforce_blocked_move(prev_frame: np.ndarray, prev_latent: np.ndarray, latent
     out = np.array(prev_latent, np.float32, copy=True)
     out[:, PLAYER_ROW, PLAYER_COL] = latent[:, PLAYER_ROW, PLAYER_COL]
     return out, True
+
+
+def warm_start(prev_latent: np.ndarray, prev_frame: np.ndarray, action: int) -> np.ndarray | None:
+    """The latent (C,g,g) the frame an action produces starts denoising from (Session._warm_start): the previous
+    latent, its world view shifted one tile when the action is a move onto a free tile (Crafter's rule, read
+    from the previous frame uint8 (H,W,3)); the tiles the move uncovers repeat their neighbours (terrain tends
+    to go on), the player tile and the inventory stay. None (start from pure noise) where the light cannot be
+    read, the player sleeps or the action is sleep: falling asleep or waking changes the whole view."""
+    lit = frame_lighting(prev_frame)
+    if lit is None or lit[1] or ACTION_NAMES[action] == "sleep":  # falling asleep/waking changes the whole view
+        return None
+    dx, dy = move_delta(action)
+    out = np.array(prev_latent, np.float32, copy=True)
+    if (dx, dy) == (0, 0) or not target_walkable(prev_frame, action):
+        return out
+    # new[r, c] = prev[r + dy, c + dx] (worldsim.memory's convention); uncovered rows/columns repeat their neighbour
+    rows = np.clip(np.arange(VIEW_ROWS) + dy, 0, VIEW_ROWS - 1)
+    cols = np.clip(np.arange(VIEW_COLS) + dx, 0, VIEW_COLS - 1)
+    view = prev_latent[:, rows][:, :, cols].astype(np.float32)
+    view[:, PLAYER_ROW, PLAYER_COL] = prev_latent[:, PLAYER_ROW, PLAYER_COL]
+    out[:, :VIEW_ROWS] = view
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------

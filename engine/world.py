@@ -23,7 +23,7 @@ import numpy as np
 
 from engine.backends import BACKENDS, BackendUnavailable, OrtBackend, TorchBackend, ensure_onnx_graphs, tensorrt_unavailable_reason
 from engine.cache import RingKVCache
-from engine.rules import DAY_CLOCK_TOLERANCE, enforce_blocked_move, fit_clock, relight
+from engine.rules import DAY_CLOCK_TOLERANCE, enforce_blocked_move, fit_clock, relight, warm_start
 from engine.memory import MemoryBank, MemoryConfig, MemoryKV, fill_uncovered, memory_slots, predicted_poses, slot_shift
 from worldsim.actions import ACTION_NAMES, NULL_ACTION, action_index
 from worldsim.diffusion import FlowSampler
@@ -53,6 +53,7 @@ class RuntimePreset:
     memory_fill: bool = False  # tiles a move uncovers come from the bank where it saw them (engine.memory.fill_uncovered)
     block_rule: bool = True  # Crafter's rule on generated frames: a move onto a tile the player cannot enter only turns it
     day_clock: bool = True  # Crafter's day/night clock (fitted to the context) relights generated frames (engine.rules)
+    warm: float = 0.0  # in (0, 1): denoise from this level, starting at the previous frame moved as the action moves the view
 
 
 # Windows are capped by what the world was trained on (world.json max_window: 15 for the shipped world). A
@@ -86,6 +87,8 @@ def resolve_preset(preset: "str | RuntimePreset", overrides: dict[str, Any], max
         raise ValueError(f"preset {preset} needs steps, window and chunk >= 1")
     if preset.memory < 0 or preset.memory_capacity < 1:
         raise ValueError(f"preset {preset}: memory must be >= 0 (0 = off) and memory_capacity >= 1")
+    if not 0.0 <= preset.warm < 1.0:
+        raise ValueError(f"preset {preset}: warm is the level denoising starts from, in [0, 1) (0 = off), got {preset.warm}")
     return preset
 
 
@@ -539,6 +542,10 @@ class Session:
         a = np.array([acts], np.int64)
         x = self._rng.standard_normal((1, k, d.latent_channels, d.grid, d.grid), dtype=np.float32)
         ts = w.sampler.timesteps()
+        start, s0 = self._warm_start(acts)
+        if start is not None:
+            x = s0 * x + (1 - s0) * start[None, None]
+            ts = [s0 * t for t in ts]
         for t, t_next in zip(ts[:-1], ts[1:]):
             x0, _, _ = w.backend.dit(x, np.full((1, k), t, np.float32), a, past_k, past_v, past_t, past_valid, shift)
             noise = self._rng.standard_normal(x.shape, dtype=np.float32) if (w.sampler.stochastic and t_next > 0) else None
@@ -597,6 +604,20 @@ class Session:
         self.timings = {**timings, "memory_ms": ((t_mem - t0) + (t4 - t3)) * 1e3, "memory_slots": len(rows),
                         "memory_filled": found["filled"], "total_ms": (t4 - t0) * 1e3}
         return frames
+
+    def _warm_start(self, acts: list[int]) -> tuple[np.ndarray | None, float]:
+        """(latent (C,g,g) a one-frame chunk starts from, the level it starts at), or (None, 1.0) for pure noise.
+
+        With preset.warm the frame is denoised from that level, starting at the previous frame moved as the
+        action moves the view (engine.rules.warm_start): the one-step sampler's prediction from pure noise
+        averages what it is unsure of, and over an open-loop rollout the world's objects fade into grass;
+        starting near the previous frame keeps what did not change.
+        """
+        st, warm = self._state, self.world.preset.warm
+        if warm <= 0 or len(acts) != 1 or st.latent is None or st.frame is None:
+            return None, 1.0
+        start = warm_start(st.latent, st.frame, acts[0])
+        return (None, 1.0) if start is None else (start, float(warm))
 
     def _finish(self, x0: np.ndarray, acts: list[int], found: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """The denoised chunk x0 (1,k,C,g,g) -> (x0 as it will be committed, its frames uint8 (k,H,W,3)).

@@ -221,3 +221,79 @@ def test_session_keeps_the_game_s_clock(tmp_path, episode):
     assert all(frame_lighting(fr)[0] < 0.3 for fr in got[False][0])  # without the clock the night stays
     s.save(tmp_path / "s.npz")
     assert s.world.load_session(tmp_path / "s.npz")._state.extra["day_offset"] == offset
+
+
+def _tile_means(frame: np.ndarray) -> np.ndarray:
+    """A stand-in latent (3,9,9): each tile's mean colour (one token per tile, as the autoencoder's)."""
+    t = frame.shape[0] // 9
+    return frame[:9 * t, :9 * t].reshape(9, t, 9, t, 3).mean((1, 3)).transpose(2, 0, 1).astype(np.float32)
+
+
+def test_warm_start_moves_the_previous_view_as_the_game_does(episode):
+    """On real frames the start of a free move is the next frame's view (where the game shows no change), a
+    blocked move or another action starts from the view as it was, sleep starts from noise."""
+    from worldsim.actions import ACTION_NAMES, action_index
+
+    f, a, pos = episode["frames"], episode["actions"], episode["pos"]
+    from engine.rules import warm_start
+    from worldsim.memory import frame_lighting
+
+    hits = total = blocked = 0
+    for t in range(len(a) - 1):
+        lit = frame_lighting(f[t])
+        if lit is None or lit[1]:
+            continue
+        z, nz = _tile_means(f[t]), _tile_means(f[t + 1])
+        start = warm_start(z, f[t], int(a[t]))
+        d = move_delta(int(a[t]))
+        if d == (0, 0) or (pos[t + 1] == pos[t]).all():
+            np.testing.assert_array_equal(start, z)  # nothing moved: the view as it was
+            blocked += d != (0, 0)
+            continue
+        # a free move: the view shifted; compare the tiles both frames show (not the uncovered edge, not the player)
+        dx, dy = d
+        r0, r1, c0, c1 = max(0, -dy), VIEW_ROWS - max(0, dy), max(0, -dx), VIEW_COLS - max(0, dx)
+        same = np.abs(start - nz).max(0)[r0:r1, c0:c1] < 8  # creatures that moved may differ
+        same[PLAYER_ROW - r0, PLAYER_COL - c0] = True
+        hits += int(same.sum())
+        total += same.size
+        np.testing.assert_array_equal(start[:, VIEW_ROWS:], z[:, VIEW_ROWS:])  # the inventory does not move
+    assert total > 1000 and hits / total > 0.97 and blocked > 5
+    assert warm_start(_tile_means(f[0]), f[0], action_index("sleep")) is None
+    assert ACTION_NAMES[action_index("sleep")] == "sleep"
+
+
+def test_session_warm_start_denoises_from_the_moved_previous_frame(tmp_path, episode):
+    """preset.warm: the first denoising call sees the start level and the previous latent mixed with the noise;
+    a batch of sessions does exactly what the sessions do alone; the level is checked."""
+    from engine.batch import SessionBatch
+
+    f, a = episode["frames"], episode["actions"]
+    path = make_tiny_world(tmp_path / "tiny")
+    w = World.load(path, backend="onnxruntime", threads=1, day_clock=False, warm=0.6)
+    seen = []
+    real_dit = w.backend.dit
+    w.backend.dit = lambda x, sigma, *rest: (seen.append((x.copy(), sigma.copy())), real_dit(x, sigma, *rest))[1]
+    ctx, acts = f[8:16], [int(x) for x in a[8:15]] + [None]
+    s = w.new_session(ctx, acts, seed=5)
+    prev = s._state.latent.copy()
+    seen.clear()  # the context's commits
+    s.step("noop")
+    x, sigma = seen[0]
+    assert sigma[0, 0] == pytest.approx(0.6)
+    # the start is 0.6 * noise + 0.4 * the previous latent: removing the latter leaves unit-variance noise
+    assert np.std(x[0, 0] - 0.4 * prev) / 0.6 == pytest.approx(1.0, abs=0.15)
+    seen.clear()
+    s.step("sleep")  # pure noise
+    assert seen[0][1][0, 0] == pytest.approx(1.0)
+    # batch == sessions, with one warm-starting session next to one that sleeps (pure noise)
+    w.backend.dit = real_dit
+    solo = [w.new_session(ctx, acts, seed=i) for i in range(2)]
+    grouped = [w.new_session(ctx, acts, seed=i) for i in range(2)]
+    batch = SessionBatch(grouped)
+    for step in (["noop", "sleep"], ["move_left", "noop"], ["do", "move_right"]):
+        got = batch.step(step)
+        for s_, g, act in zip(solo, got, step):
+            np.testing.assert_array_equal(s_.step(act), g)
+    with pytest.raises(ValueError, match="warm"):
+        World.load(path, backend="onnxruntime", threads=1, warm=1.0)
