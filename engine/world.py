@@ -55,13 +55,19 @@ class RuntimePreset:
     day_clock: bool = True  # Crafter's day/night clock (fitted to the context) relights generated frames (engine.rules)
     warm: float = 0.0  # in (0, 1): denoise from this level, starting at the previous frame moved as the action moves the view
 
+    @property
+    def reads_frames(self) -> bool:
+        """Whether stepping reads the previous/decoded frame on the host (the rules, the warm start): a device
+        path that keeps the whole step on the accelerator (tensorrt's CUDA graph) cannot serve it."""
+        return self.block_rule or self.day_clock or self.warm > 0
+
 
 # Windows are capped by what the world was trained on (world.json max_window: 15 for the shipped world). A
 # longer window than training saw ran (time is relative) but fell apart in free play (measured at 31).
 # `fast` keeps 8 of the 15: same quick-eval quality as 15 on the shipped world, 34 vs 23 fps on one thread.
 # `memory` keeps 15: placed blocks came back in 26% of revisit frames at 15, 11% at 8 (quick eval, 27 frames).
 RUNTIME_PRESETS: dict[str, RuntimePreset] = {
-    "fast": RuntimePreset("fast", steps=1, window=8),
+    "fast": RuntimePreset("fast", steps=1, window=8, warm=0.5),
     "quality": RuntimePreset("quality", steps=4, window=15, stochastic=True),
     # persistent objects beyond the window: for worlds trained with memory frames (TrainConfig.memory_frames)
     "memory": RuntimePreset("memory", steps=1, window=15, memory=2, memory_fill=True),
@@ -513,9 +519,9 @@ class Session:
         if self._state.memory is not None:
             return self._step_chunk_memory(acts)
         fused = getattr(self.world.backend, "step_chunk", None)
-        # the whole per-frame work on the backend's device (tensorrt: one CUDA graph); the blocked-move rule
-        # and the day clock read the decoded frame on the host before the commit, so they take the generic path
-        if fused is not None and not (self.world.preset.block_rule or self.world.preset.day_clock):
+        # the whole per-frame work on the backend's device (tensorrt: one CUDA graph); the rules and the warm
+        # start read frames on the host between the passes, so they take the generic path
+        if fused is not None and not self.world.preset.reads_frames:
             frames = fused(self, acts)
             if frames is not None:
                 return frames

@@ -454,8 +454,8 @@ def test_tensorrt_device_path_matches_the_session(tiny, tmp_path, preset):
     from worldsim.train import load_autoencoder, load_dit
 
     paths = export_trt_onnx(load_autoencoder(tiny / "autoencoder.safetensors"), load_dit(tiny / "dit.safetensors"), tmp_path, "fp32")
-    # the device path is the rule-free one (the blocked-move rule needs the decoded frame before the commit)
-    ref = World.load(tiny, backend="onnxruntime", preset=preset, threads=1, block_rule=False, day_clock=False)
+    # the device path is the rule-free one (the rules and the warm start read frames on the host)
+    ref = World.load(tiny, backend="onnxruntime", preset=preset, threads=1, block_rule=False, day_clock=False, warm=0.0)
     W = ref.preset.window
     engines = {("dit", 1, 1, W): _StandInEngine(paths["dit"]), ("decoder", 1): _StandInEngine(paths["decoder"])}
     w = copy.copy(ref)
@@ -493,9 +493,12 @@ def test_tensorrt_device_path_matches_the_session(tiny, tmp_path, preset):
     s = ruled.new_session(seed=4)
     s.step("move_left")
     assert s.timings.get("rule_fixes") is not None and not fused
+    ruled.preset = dataclasses.replace(w.preset, warm=0.5)  # the warm start reads the previous frame: generic path too
+    ruled.new_session(seed=4).step("move_left")
+    assert not fused
     ruled.preset = w.preset
     ruled.new_session(seed=4).step("move_left")
-    assert fused  # ... and without it the device path is asked first
+    assert fused  # ... and without them the device path is asked first
 
 
 def test_tensorrt_without_a_gpu_says_what_is_missing(tiny, bundle, tmp_path, capsys):
