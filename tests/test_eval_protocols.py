@@ -66,6 +66,21 @@ def test_real_game_scores_perfect(results):
     assert res["classifier"]["accuracy_day"] == 1.0
 
 
+def test_rollout_tiles_split_into_awake_by_day_and_the_rest(results):
+    """The day/night split partitions the persistent tiles: the parts' counts add up, their hits make the whole."""
+    res, _ = results
+    for who in ("model", "copy_last"):
+        for h, r in res["rollouts"][who]["horizons"].items():
+            for key in ("tile_persistent", "tile_non_grass"):
+                n_day, n_night = r[key + "_day_n"], r[key + "_night_n"]
+                assert n_day + n_night == r[key + "_n"], (who, h, key)
+                hits = sum((r[f"{key}_{p}"] or 0.0) * r[f"{key}_{p}_n"] for p in ("day", "night"))
+                assert hits == pytest.approx(r[key] * r[key + "_n"]), (who, h, key)
+    # the real game scores perfectly in both parts
+    r = res["rollouts"]["model"]["horizons"][str(CFG.rollout_len)]
+    assert r["tile_persistent_day_n"] > 0 and r["tile_persistent_day"] == 1.0
+
+
 def test_copy_last_matches_an_independent_computation(results, episodes):
     res, _ = results
     ep = episodes[0]

@@ -201,6 +201,9 @@ def _rates(tally: M.Tally, names: Sequence[str]) -> dict[str, float | None]:
 
 
 TILE_KEYS = ("tile_all", "tile_non_grass", "tile_persistent", "tile_changed", "tile_new")
+# rollout tile scores also split by the real game's frame: the player awake by day, or night/asleep (a sleeping
+# player's view is dark and still, which copy-last gets right for free)
+DAY_SPLIT = ("tile_non_grass", "tile_persistent")
 
 
 # ----- 1 + 4. one step, action following ---------------------------------------------------------
@@ -288,8 +291,9 @@ def rollouts(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
     clf = get_classifier(S[0])
     names = ("psnr", "ssim", "unexplained", "lighting_match")
     sums = {n: np.zeros(L) for n in names}
-    hits = {n: np.zeros(L) for n in TILE_KEYS}
-    counts = {n: np.zeros(L) for n in TILE_KEYS}
+    keys = TILE_KEYS + tuple(f"{n}_{part}" for n in DAY_SPLIT for part in ("day", "night"))
+    hits = {n: np.zeros(L) for n in keys}
+    counts = {n: np.zeros(L) for n in keys}
     split = {n: np.zeros(L) for n in ("psnr_day", "ssim_day", "n_day", "psnr_night", "ssim_night", "n_night")}
     samples: dict[str, np.ndarray] = {}
     bar = _bar(len(starts) * L, f"rollouts [{label}]", progress)
@@ -305,9 +309,14 @@ def rollouts(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
         seen = M.last_seen(ep.semantic[s - k + 1:s + 1], ep.pos[s - k + 1:s + 1], ep.pos[sl])
         masks = M.tile_masks(ep.semantic[sl], seen)
         right = reading.labels == true_read.labels
+        awake_day = ((day >= 0.5) & ~sleep)[:, None, None]  # frames where the real player is awake by day
         for name, m in masks.items():
             hits["tile_" + name] += (right & m).sum((-2, -1))
             counts["tile_" + name] += m.sum((-2, -1))
+            if "tile_" + name in DAY_SPLIT:
+                for part, pm in (("day", m & awake_day), ("night", m & ~awake_day)):
+                    hits[f"tile_{name}_{part}"] += (right & pm).sum((-2, -1))
+                    counts[f"tile_{name}_{part}"] += pm.sum((-2, -1))
         p, q = M.psnr(pred, true), M.ssim(pred, true)
         sums["psnr"] += p
         sums["ssim"] += q
@@ -323,13 +332,13 @@ def rollouts(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
     bar.close()
     n = len(starts)
     curves = {name: (sums[name] / n).tolist() for name in names}
-    for name in TILE_KEYS:
+    for name in keys:
         curves[name] = [float(h / c) if c else None for h, c in zip(hits[name], counts[name])]
     out: dict[str, Any] = {"rollouts": n, "length": L, "frames_per_s": n * L / seconds if seconds > 0 else None,
                            "seconds": seconds, "starts": [[int(e), int(s)] for e, s in starts], "horizons": {}}
     for H in cfg.horizons:
         summary: dict[str, Any] = {name: float(sums[name][:H].mean() / n) for name in names}
-        for name in TILE_KEYS:
+        for name in keys:
             c = counts[name][:H].sum()
             summary[name] = float(hits[name][:H].sum() / c) if c else None
             summary[name + "_n"] = int(c)

@@ -316,6 +316,9 @@ def markdown(report: Mapping[str, Any]) -> str:
                            ("SSIM night", "ssim_night"),
                            ("tiles: all", "tile_all"), ("tiles at frame H", "tile_all_at"),
                            ("tiles: non-grass", "tile_non_grass"), ("tiles: persistent", "tile_persistent"),
+                           ("tiles: non-grass, awake by day", "tile_non_grass_day"),
+                           ("tiles: persistent, awake by day", "tile_persistent_day"),
+                           ("tiles: persistent, night or asleep", "tile_persistent_night"),
                            ("tiles: changed", "tile_changed"), ("tiles: new", "tile_new"),
                            ("unexplained tiles", "unexplained"), ("frames lit as the real game (daylight ±0.03)", "lighting_match")):
             kind = "dB" if key.startswith("psnr") else ("%" if key.startswith(("tile", "unexpl", "lighting")) else "")
