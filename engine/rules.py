@@ -1,5 +1,8 @@
 """The game's rules applied to generated frames: what the world model does not always get right.
 
+The warm start (``warm_start``, preset field ``warm``) uses one of them before denoising: a frame starts
+from the previous one moved as Crafter moves the view, not from pure noise (see Session._warm_start).
+
 Two rules, each a preset switch (on by default), applied after denoising and before the commit, so the
 model continues from the corrected frame (Session._finish):
 
