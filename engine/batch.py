@@ -92,11 +92,9 @@ class SessionBatch:
         shape = (1, k, d.latent_channels, d.grid, d.grid)
         # every session draws from its own RNG in Session._step_chunk's order: start noise, step noise, commit noise
         x = np.concatenate([s._rng.standard_normal(shape, dtype=np.float32) for s in self.sessions])  # (S,k,C,g,g)
-        warm = [s._warm_start(a[i].tolist()) for i, s in enumerate(self.sessions)]  # Session._generate's start
-        for i, (start, s0) in enumerate(warm):
-            if start is not None:
-                x[i] = s0 * x[i] + (1 - s0) * start[None]
-        level = np.array([s0 for _, s0 in warm], np.float32)  # (S,): each session's schedule is scaled by its start
+        level = np.ones(S, np.float32)  # (S,): each session's schedule is scaled by the level it starts at
+        for i, s in enumerate(self.sessions):  # Session._generate's start (the warm start, or the noise)
+            x[i:i + 1], level[i] = s._warm_start(x[i:i + 1], a[i].tolist())
         inputs = [st.cache.inputs(f) for st, f in zip(states, firsts)]
         past_t = np.concatenate([p[0] for p in inputs])  # (S,P)
         past_valid = np.concatenate([p[1] for p in inputs])

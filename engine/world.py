@@ -550,10 +550,8 @@ class Session:
         a = np.array([acts], np.int64)
         x = self._rng.standard_normal((1, k, d.latent_channels, d.grid, d.grid), dtype=np.float32)
         ts = w.sampler.timesteps()
-        start, s0 = self._warm_start(acts)
-        if start is not None:
-            x = s0 * x + (1 - s0) * start[None, None]
-            ts = [s0 * t for t in ts]
+        x, s0 = self._warm_start(x, acts)
+        ts = [s0 * t for t in ts]  # exact for s0 = 1 (pure noise)
         for t, t_next in zip(ts[:-1], ts[1:]):
             x0, _, _ = w.backend.dit(x, np.full((1, k), t, np.float32), a, past_k, past_v, past_t, past_valid, shift)
             noise = self._rng.standard_normal(x.shape, dtype=np.float32) if (w.sampler.stochastic and t_next > 0) else None
@@ -613,8 +611,8 @@ class Session:
                         "memory_filled": found["filled"], "total_ms": (t4 - t0) * 1e3}
         return frames
 
-    def _warm_start(self, acts: list[int]) -> tuple[np.ndarray | None, float]:
-        """(latent (C,g,g) a one-frame chunk starts from, the level it starts at), or (None, 1.0) for pure noise.
+    def _warm_start(self, noise: np.ndarray, acts: list[int]) -> tuple[np.ndarray, float]:
+        """The start of a chunk's denoising from its noise (1,k,C,g,g): -> (start, its level), (noise, 1.0) cold.
 
         With preset.warm the frame is denoised from that level, starting at the previous frame moved as the
         action moves the view (engine.rules.warm_start): the one-step sampler's prediction from pure noise
@@ -623,9 +621,11 @@ class Session:
         """
         st, warm = self._state, self.world.preset.warm
         if warm <= 0 or len(acts) != 1 or st.latent is None or st.frame is None:
-            return None, 1.0
+            return noise, 1.0
         start = warm_start(st.latent, st.frame, acts[0])
-        return (None, 1.0) if start is None else (start, float(warm))
+        if start is None:
+            return noise, 1.0
+        return (warm * noise + (1 - warm) * start[None, None]).astype(np.float32), float(warm)
 
     def _finish(self, x0: np.ndarray, acts: list[int], found: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """The denoised chunk x0 (1,k,C,g,g) -> (x0 as it will be committed, its frames uint8 (k,H,W,3)).

@@ -60,7 +60,7 @@ def package_world(out: str | Path, ae: str | Path, dit: str | Path, opening: tup
     atomic_write_json(out / "world.json", {
         "format": "worldsim-world", "version": 1, "name": name,
         "autoencoder": "autoencoder.safetensors", "dit": "dit.safetensors", "opening": "opening.npz",
-        # the longest context the DiT saw in training (clip_len - 1): presets never use a longer window
+        # the longest context the DiT saw in training (worldsim.train.trained_window): presets never use a longer window
         "max_window": int(max_window), "tick_hz": float(tick_hz),
         "trained_steps": {"autoencoder": ae_meta.get("step"), "dit": dit_meta.get("step")}, **(extra or {}),
     })
