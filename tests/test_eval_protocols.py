@@ -76,6 +76,7 @@ def test_rollout_tiles_split_into_awake_by_day_and_the_rest(results):
                 assert n_day + n_night == r[key + "_n"], (who, h, key)
                 hits = sum((r[f"{key}_{p}"] or 0.0) * r[f"{key}_{p}_n"] for p in ("day", "night"))
                 assert hits == pytest.approx(r[key] * r[key + "_n"]), (who, h, key)
+                assert r[key + "_asleep_n"] <= n_night, (who, h, key)  # asleep is part of "night or asleep"
     # the real game scores perfectly in both parts
     r = res["rollouts"]["model"]["horizons"][str(CFG.rollout_len)]
     assert r["tile_persistent_day_n"] > 0 and r["tile_persistent_day"] == 1.0

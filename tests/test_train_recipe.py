@@ -1,4 +1,5 @@
-"""Training-recipe knobs: --set overrides, blocked-move weighting, weighted loss, deep self-rollout context."""
+"""Training-recipe knobs: --set overrides, blocked-move weighting, weighted loss, deep self-rollout context,
+long clips, warm-started targets."""
 
 from __future__ import annotations
 
@@ -86,3 +87,76 @@ def test_self_rollout_depth_compounds_generations():
     assert torch.equal(one[:, 1:], z[:, :-1] + 1)  # one generation from the real frame before
     assert torch.equal(two[:, 1], z[:, 0] + 1)  # its context is the real first frame
     assert torch.equal(two[:, 2:], z[:, :-2] + 2)  # predicted from a prediction: two generations
+
+
+def test_moved_previous_is_the_engine_s_warm_start_of_each_clip_frame(monkeypatch):
+    """Frame i of moved_previous is frame i-1 moved as the player moved: for a free move exactly what the
+    engine's warm start (engine.rules.warm_start) makes of that frame; no move keeps it."""
+    import engine.rules as rules
+    from worldsim.memory import MOVE_DELTAS
+    from worldsim.train import moved_previous
+
+    z = torch.randn(1, 4, 3, 9, 9, generator=torch.Generator().manual_seed(0))
+    left, up = ACTION_NAMES.index("move_left"), ACTION_NAMES.index("move_up")
+    shifts = torch.tensor([[[0, 0], list(MOVE_DELTAS[left]), [0, 0], list(MOVE_DELTAS[up])]])
+    got = moved_previous(z, shifts)
+    assert torch.equal(got[:, 0], z[:, 0]) and torch.equal(got[:, 2], z[:, 1])  # no move: the frame before
+    # the engine reads light and walkability from the frame (tested in test_rules): here, an awake day and free moves
+    monkeypatch.setattr(rules, "frame_lighting", lambda frame: (1.0, False))
+    monkeypatch.setattr(rules, "target_walkable", lambda *args, **kw: True)
+    frame = np.zeros((72, 72, 3), np.uint8)
+    for i, act in ((1, left), (3, up)):
+        np.testing.assert_array_equal(got[0, i].numpy(), rules.warm_start(z[0, i - 1].numpy(), frame, act))
+        assert not torch.equal(got[0, i], z[0, i - 1])
+
+
+class _Recorder:
+    """Records what the loss feeds the network; predicts zeros."""
+
+    def __init__(self):
+        self.calls = []
+
+    def forward_teacher(self, x_ctx, sigma_ctx, x_tgt, sigma_tgt, actions, **kw):
+        self.calls.append((x_ctx.clone(), x_tgt.clone(), sigma_tgt.clone()))
+        return torch.zeros_like(x_tgt)
+
+
+def test_warm_targets_start_from_the_moved_frame_before_at_the_warm_level():
+    """warm_target_prob = 1: every target after the first (but after sleep) is the moved frame before noised to
+    warm_level; 0: the loss's inputs are exactly those of a config without the option."""
+    from worldsim.train import moved_previous
+
+    z = torch.randn(2, 6, 3, 9, 9, generator=torch.Generator().manual_seed(1)) * 3
+    sleep, right = ACTION_NAMES.index("sleep"), ACTION_NAMES.index("move_right")
+    a = torch.full((2, 6), right)
+    a[1, 3] = sleep
+    shifts = torch.tensor([[1, 0]]).repeat(2, 6, 1)
+    rec = _Recorder()
+    dit_loss(rec, z, a, TrainConfig(model="tiny", warm_target_prob=1.0, warm_level=0.4), generator=torch.Generator().manual_seed(2), shifts=shifts)
+    _, x_tgt, s_tgt = rec.calls[0]
+    warm = torch.ones(2, 6, dtype=torch.bool)
+    warm[:, 0] = False
+    warm[1, 3] = False
+    assert torch.all(s_tgt[warm] == 0.4) and not torch.any(s_tgt[~warm] == 0.4)
+    noise = (x_tgt - 0.6 * moved_previous(z, shifts)) / 0.4  # what is left must be unit noise
+    assert noise[warm].std().item() == pytest.approx(1.0, abs=0.1)
+    assert (x_tgt[0, 1] - 0.4 * noise[0, 1] - 0.6 * z[0, 1]).abs().max() > 1  # not the frame itself
+    base = _Recorder()
+    dit_loss(base, z, a, TrainConfig(model="tiny"), generator=torch.Generator().manual_seed(2), shifts=shifts)
+    off = _Recorder()
+    dit_loss(off, z, a, TrainConfig(model="tiny", warm_target_prob=0.0), generator=torch.Generator().manual_seed(2), shifts=shifts)
+    assert all(torch.equal(p, q) for p, q in zip(base.calls[0], off.calls[0]))
+
+
+def test_warm_self_rollout_starts_each_generation_from_the_moved_context():
+    """With a warm level the self-rollout's targets enter at that level, built from the context's frame before."""
+    rec = _Recorder()
+    z = torch.randn(1, 5, 2, 9, 9)
+    a = torch.full((1, 5), ACTION_NAMES.index("noop"))
+    _self_rollout_context(rec, z, a, FlowSampler(1), depth=1, shifts=torch.zeros(1, 5, 2, dtype=torch.long), warm=0.5)
+    _, x_tgt, s_tgt = rec.calls[0]
+    assert s_tgt[0, 0] == 1.0 and torch.all(s_tgt[0, 1:] == 0.5)
+    left = (x_tgt[0, 1:] - 0.5 * z[0, :-1]) / 0.5
+    assert left.std().item() == pytest.approx(1.0, abs=0.15)
+    with pytest.raises(ValueError, match="one sampler step"):
+        _self_rollout_context(rec, z, a, FlowSampler(2), shifts=torch.zeros(1, 5, 2, dtype=torch.long), warm=0.5)

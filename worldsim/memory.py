@@ -39,6 +39,15 @@ def move_delta(action: int) -> tuple[int, int]:
     return MOVE_DELTAS.get(int(action), (0, 0))
 
 
+def moved_view_index(dx: int, dy: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (VIEW_ROWS,) and columns (VIEW_COLS,) of the previous view that the view after a move by (dx, dy)
+    shows: new[r, c] = prev[rows[r], cols[c]]; the row/column the move uncovers repeats its neighbour (terrain
+    tends to go on). Used by the engine's warm start and by training on warm-started targets."""
+    rows = np.clip(np.arange(VIEW_ROWS) + int(dy), 0, VIEW_ROWS - 1)
+    cols = np.clip(np.arange(VIEW_COLS) + int(dx), 0, VIEW_COLS - 1)
+    return rows, cols
+
+
 def memory_shift(entry_pose: np.ndarray, pose: np.ndarray) -> np.ndarray:
     """Rotary shift (dy, dx) of a memory frame seen from ``entry_pose`` (..., 2) (x, y), read by a frame at
     ``pose`` (2,) or (..., 2): -> float32 (..., 2) = (entry.y - pose.y, entry.x - pose.x).

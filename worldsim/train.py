@@ -55,6 +55,11 @@ class TrainConfig:
     self_rollout_prob: float = 0.5  # DiT: probability a step uses the model's own predictions as context
     self_rollout_depth: int = 1  # DiT: generations the self-rollout context went through (2: predicted from predictions)
     blocked_weight: float = 1.0  # DiT: loss weight of frames after a blocked move (rare, and the view must stay put)
+    # DiT: fraction of target frames (after a clip's first, not after a sleep action) whose input is what the
+    # engine's warm start gives (preset field warm): the frame before, moved as the player moved, noised to
+    # warm_level; the self-rollout context is then generated the same way. 0 = off
+    warm_target_prob: float = 0.0
+    warm_level: float = 0.5
     memory_frames: int = 0  # DiT: past frames of the same episode given to each clip as memory (0 = off; see worldsim.memory)
     memory_revisit: float = 0.5  # DiT with memory: fraction of clips placed where a revisited place comes back into view
     memory_dropout: float = 0.1  # DiT with memory: fraction of memory frames masked out (the model must also work without)
@@ -448,6 +453,13 @@ class LatentClips:
         is_move = np.isin(np.stack([self.act[e][s - 1:s - 1 + T] for e, s in origins]), list(MOVE_DELTAS))
         return torch.from_numpy(moved), torch.from_numpy(is_move & ~moved)
 
+    def shifts(self, origins: list[tuple[int, int]], T: int) -> torch.Tensor:
+        """-> (B,T,2) int64: (dx, dy) the player moved from the frame before clip frame i to it (needs ``pos``)."""
+        if self.pos is None:
+            raise ValueError("warm-started targets need the 'pos' field of the dataset")
+        pos = np.stack([self.pos[e][s - 1:s + T] for e, s in origins])  # (B,T+1,2)
+        return torch.from_numpy(pos[:, 1:] - pos[:, :-1])
+
     def sample_with_memory(self, rng: np.random.Generator, batch: int, T: int, cfg: "TrainConfig",
                            revisit: float | None = None) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]], "MemoryBatch"]:
         """Clips like ``sample`` plus up to ``cfg.memory_frames`` memory frames each: past frames of the same
@@ -515,12 +527,43 @@ class MemoryBatch:
                 "pose": self.pose, "mem_valid": self.valid}
 
 
+def moved_previous(z: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """The engine's warm start in training: clip frame i (i >= 1) -> frame i-1 of z (B,T,C,g,g) with its world
+    view moved by shifts[:, i] (B,T,2) (dx, dy) (worldsim.memory.moved_view_index), its player tile and
+    inventory rows kept; frame 0 -> itself. -> (B,T,C,g,g)."""
+    from worldsim.memory import PLAYER_COL, PLAYER_ROW, VIEW_ROWS, moved_view_index
+
+    prev = torch.cat([z[:, :1], z[:, :-1]], 1)
+    out = prev.clone()
+    sh = shifts.tolist()
+    for b in range(z.shape[0]):
+        for i in range(1, z.shape[1]):
+            dx, dy = sh[b][i]
+            if dx or dy:
+                rows, cols = (torch.from_numpy(ix).to(z.device) for ix in moved_view_index(dx, dy))
+                out[b, i, :, :VIEW_ROWS] = prev[b, i][:, rows][:, :, cols]
+                out[b, i, :, PLAYER_ROW, PLAYER_COL] = prev[b, i, :, PLAYER_ROW, PLAYER_COL]
+    return out
+
+
+def _warm_frames(actions: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B,T) bool: the frames that start warm (a fraction ``prob``, never a clip's first nor after sleep)."""
+    from worldsim.actions import ACTION_NAMES
+
+    pick = torch.rand(actions.shape, generator=generator).to(actions.device) < prob
+    pick[:, 0] = False
+    return pick & (actions != ACTION_NAMES.index("sleep"))
+
+
 def dit_loss(model: torch.nn.Module, z: torch.Tensor, actions: torch.Tensor, cfg: TrainConfig,
              ctx: torch.Tensor | None = None, generator: torch.Generator | None = None,
-             memory: MemoryBatch | None = None, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             memory: MemoryBatch | None = None, weight: torch.Tensor | None = None,
+             shifts: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Teacher-forced rectified-flow loss on clips z (B,T,C,g,g); `ctx` replaces the context stream
     (self-rollout: the model's own predictions) when given; `memory` adds memory frames (lightly noised
-    like the context); `weight` (B,T) weighs the frames (a weighted mean)."""
+    like the context); `weight` (B,T) weighs the frames (a weighted mean); `shifts` (B,T,2), the player's
+    moves, with cfg.warm_target_prob > 0: that fraction of targets starts warm (``moved_previous`` of the
+    context stream noised to cfg.warm_level), as the engine's warm start does."""
     B, T = z.shape[:2]
     dev = z.device
     t_ctx = sample_context_levels((B, T), cfg.ctx_noise_max, generator).to(dev)
@@ -536,6 +579,11 @@ def dit_loss(model: torch.nn.Module, z: torch.Tensor, actions: torch.Tensor, cfg
     if memory is not None:  # drawn after everything above: the draws without memory stay the same
         t_mem = sample_context_levels(memory.valid.shape, cfg.ctx_noise_max, generator).to(dev)
         mem_kw = memory.kwargs(t_mem, add_noise(memory.x, t_mem, torch.randn(memory.x.shape, generator=generator).to(dev)))
+    if cfg.warm_target_prob > 0 and shifts is not None:  # drawn last, for the same reason
+        warm = _warm_frames(actions, cfg.warm_target_prob, generator)
+        t_warm = torch.full_like(t_tgt, cfg.warm_level)
+        x_tgt = torch.where(warm[..., None, None, None], add_noise(moved_previous(base, shifts.to(dev)), t_warm, eps_t), x_tgt)
+        t_tgt = torch.where(warm, t_warm, t_tgt)
     # under DDP `model` wraps a _TeacherDDP whose forward is forward_teacher
     pred = (model(x_ctx, t_ctx, x_tgt, t_tgt, acts, **mem_kw) if hasattr(model, "module")
             else model.forward_teacher(x_ctx, t_ctx, x_tgt, t_tgt, acts, **mem_kw))
@@ -559,19 +607,28 @@ class _TeacherDDP(torch.nn.Module):
 
 @torch.no_grad()
 def _self_rollout_context(model: CausalDiT, z: torch.Tensor, actions: torch.Tensor, sampler: FlowSampler,
-                          memory: MemoryBatch | None = None, depth: int = 1) -> torch.Tensor:
+                          memory: MemoryBatch | None = None, depth: int = 1, shifts: torch.Tensor | None = None,
+                          warm: float = 0.0) -> torch.Tensor:
     """The model's own predictions as context: frame 0 stays real, frame i>0 is generated from the context
     < i, which is real for depth 1 and the previous depth's predictions after (teacher-forced, so the errors
-    of ``depth`` generations compound: the open-loop fade the model must learn to recover from)."""
+    of ``depth`` generations compound: the open-loop fade the model must learn to recover from). With
+    ``warm`` > 0 and ``shifts`` (B,T,2), frames start as the engine's warm start does (``moved_previous``
+    of the context at level ``warm``; a frame after sleep from pure noise)."""
     B, T = z.shape[:2]
     ctx_level = torch.zeros(B, T, device=z.device)
     mem_kw = memory.kwargs(torch.zeros_like(memory.valid)) if memory is not None else {}
-    ts = sampler.timesteps()
     ctx = z
     for _ in range(depth):
         x = torch.randn_like(z)
-        for t, t_next in zip(ts[:-1], ts[1:]):
-            x0 = model.forward_teacher(ctx, ctx_level, x, torch.full((B, T), t, device=z.device), actions, **mem_kw).float()
+        level = torch.ones(B, T, device=z.device)
+        if warm > 0 and shifts is not None:
+            on = _warm_frames(actions, 1.0)
+            x = torch.where(on[..., None, None, None], warm * x + (1 - warm) * moved_previous(ctx, shifts), x)
+            level = torch.where(on, torch.full_like(level, warm), level)
+        if warm > 0 and sampler.steps != 1:
+            raise ValueError("warm-started self-rollout takes one sampler step (its update is the prediction at any level)")
+        for t, t_next in zip(sampler.timesteps()[:-1], sampler.timesteps()[1:]):
+            x0 = model.forward_teacher(ctx, ctx_level, x, level * t, actions, **mem_kw).float()
             x = sampler.step(x, x0, t, t_next, torch.randn_like(z))
         ctx = z.clone()
         ctx[:, 1:] = x[:, 1:]
@@ -604,7 +661,10 @@ def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: boo
         init_dit_from(dit, init)
     trainer = Trainer("dit", dit, model_cfg, cfg, Path(out), {"data": str(data), "autoencoder": str(ae_path)}, wrap=_TeacherDDP)
     ae = ae.to(trainer.device)
-    mem_fields = ("pos", "revisit_events") if cfg.memory_frames > 0 else ("pos",) if cfg.blocked_weight != 1.0 else ()
+    if not 0 <= cfg.warm_target_prob <= 1 or not 0 < cfg.warm_level < 1:
+        raise ValueError(f"warm_target_prob must lie in [0, 1] and warm_level in (0, 1), got {cfg.warm_target_prob}, {cfg.warm_level}")
+    needs_pos = cfg.blocked_weight != 1.0 or cfg.warm_target_prob > 0
+    mem_fields = ("pos", "revisit_events") if cfg.memory_frames > 0 else ("pos",) if needs_pos else ()
     train = LatentClips(_open(data, "train", cfg.max_train_episodes, ("frames", "actions", *mem_fields)), ae, trainer.device)
     # val always loads pos: the moved-frame metric needs it
     val_fields = ("frames", "actions", "semantic", "pos") + (("revisit_events",) if cfg.memory_frames > 0 else ())
@@ -627,12 +687,14 @@ def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: boo
         weight = None
         if cfg.blocked_weight != 1.0:
             weight = 1.0 + (cfg.blocked_weight - 1.0) * train.moves(origins, T)[1].float().to(trainer.device)
+        shifts = train.shifts(origins, T).to(trainer.device) if cfg.warm_target_prob > 0 else None
         ctx = None
         if trainer.step >= cfg.self_rollout_after * cfg.steps and rng.random() < cfg.self_rollout_prob:
             with trainer.autocast():
-                ctx = _self_rollout_context(trainer.model, z, a, sampler, memory, cfg.self_rollout_depth).float()
+                ctx = _self_rollout_context(trainer.model, z, a, sampler, memory, cfg.self_rollout_depth, shifts,
+                                            cfg.warm_level if shifts is not None else 0.0).float()
         with trainer.autocast():
-            loss, parts = dit_loss(trainer.net, z, a, cfg, ctx=ctx, generator=gen, memory=memory, weight=weight)
+            loss, parts = dit_loss(trainer.net, z, a, cfg, ctx=ctx, generator=gen, memory=memory, weight=weight, shifts=shifts)
         gn = trainer.update(loss)
         seen += per_rank * trainer.world * T
         if trainer.step % cfg.log_every == 0:

@@ -202,8 +202,9 @@ def _rates(tally: M.Tally, names: Sequence[str]) -> dict[str, float | None]:
 
 TILE_KEYS = ("tile_all", "tile_non_grass", "tile_persistent", "tile_changed", "tile_new")
 # rollout tile scores also split by the real game's frame: the player awake by day, or night/asleep (a sleeping
-# player's view is dark and still, which copy-last gets right for free)
+# player's view is dark and still, which copy-last gets right for free); "asleep" is the sleeping part of the latter
 DAY_SPLIT = ("tile_non_grass", "tile_persistent")
+DAY_PARTS = ("day", "night", "asleep")
 
 
 # ----- 1 + 4. one step, action following ---------------------------------------------------------
@@ -291,7 +292,7 @@ def rollouts(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
     clf = get_classifier(S[0])
     names = ("psnr", "ssim", "unexplained", "lighting_match")
     sums = {n: np.zeros(L) for n in names}
-    keys = TILE_KEYS + tuple(f"{n}_{part}" for n in DAY_SPLIT for part in ("day", "night"))
+    keys = TILE_KEYS + tuple(f"{n}_{part}" for n in DAY_SPLIT for part in DAY_PARTS)
     hits = {n: np.zeros(L) for n in keys}
     counts = {n: np.zeros(L) for n in keys}
     split = {n: np.zeros(L) for n in ("psnr_day", "ssim_day", "n_day", "psnr_night", "ssim_night", "n_night")}
@@ -310,11 +311,12 @@ def rollouts(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
         masks = M.tile_masks(ep.semantic[sl], seen)
         right = reading.labels == true_read.labels
         awake_day = ((day >= 0.5) & ~sleep)[:, None, None]  # frames where the real player is awake by day
+        asleep = sleep.astype(bool)[:, None, None]
         for name, m in masks.items():
             hits["tile_" + name] += (right & m).sum((-2, -1))
             counts["tile_" + name] += m.sum((-2, -1))
             if "tile_" + name in DAY_SPLIT:
-                for part, pm in (("day", m & awake_day), ("night", m & ~awake_day)):
+                for part, pm in (("day", m & awake_day), ("night", m & ~awake_day), ("asleep", m & asleep)):
                     hits[f"tile_{name}_{part}"] += (right & pm).sum((-2, -1))
                     counts[f"tile_{name}_{part}"] += pm.sum((-2, -1))
         p, q = M.psnr(pred, true), M.ssim(pred, true)

@@ -319,6 +319,7 @@ def markdown(report: Mapping[str, Any]) -> str:
                            ("tiles: non-grass, awake by day", "tile_non_grass_day"),
                            ("tiles: persistent, awake by day", "tile_persistent_day"),
                            ("tiles: persistent, night or asleep", "tile_persistent_night"),
+                           ("tiles: persistent, asleep", "tile_persistent_asleep"),
                            ("tiles: changed", "tile_changed"), ("tiles: new", "tile_new"),
                            ("unexplained tiles", "unexplained"), ("frames lit as the real game (daylight ±0.03)", "lighting_match")):
             kind = "dB" if key.startswith("psnr") else ("%" if key.startswith(("tile", "unexpl", "lighting")) else "")
