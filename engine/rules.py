@@ -1,9 +1,7 @@
 """The game's rules applied to generated frames: what the world model does not always get right.
 
-The warm start (``warm_start``, preset field ``warm``) uses two of them before denoising: a frame starts
-from the previous one moved as Crafter moves the view, not from pure noise, and a player who falls asleep
-starts from the previous view drawn as Crafter draws a sleeping player's (``asleep_view``; see
-Session._warm_start); a sleeping player's frame starts from the one before.
+The warm start (``warm_start``, preset field ``warm``) uses one of them before denoising: a frame starts
+from the previous one moved as Crafter moves the view, not from pure noise (see Session._warm_start).
 
 Two rules, each a preset switch (on by default), applied after denoising and before the commit, so the
 model continues from the corrected frame (Session._finish):
@@ -20,15 +18,12 @@ model continues from the corrected frame (Session._finish):
   window (1-2 s) cannot tell the time, and in free play a generated night never ended. The session fits
   the clock to its context once (``fit_clock``) and relights each generated frame whose daylight strays
   from it (``relight``: Crafter's lighting is linear per pixel, so it inverts exactly by day; at night the
-  game's random noise enters through its mean). A sleeping player's frames are left as the model draws
-  them (relit the same way, they scored worse over long rollouts: 46.4% of persistent tiles kept over 256
-  frames vs 57.8%).
+  game's random noise enters through its mean).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import numpy as np
 
@@ -60,31 +55,15 @@ def enforce_blocked_move(prev_frame: np.ndarray, prev_latent: np.ndarray, latent
     return out, True
 
 
-ENERGY_SLOT = 3  # worldsim.eval.tiles.INVENTORY_ITEMS.index("energy")
-ENERGY_MAX = 9    # Crafter lets a player sleep only below it, and wakes a sleeper when it is reached
-
-
-def warm_start(prev_latent: np.ndarray, prev_frame: np.ndarray, action: int,
-               encode: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray | None:
+def warm_start(prev_latent: np.ndarray, prev_frame: np.ndarray, action: int) -> np.ndarray | None:
     """The latent (C,g,g) the frame an action produces starts denoising from (Session._warm_start): the previous
     latent, its world view shifted one tile when the action is a move onto a free tile (Crafter's rule, read
     from the previous frame uint8 (H,W,3)); the tiles the move uncovers repeat their neighbours (terrain tends
-    to go on), the player tile and the inventory stay; a sleeping player's view stays too. A sleep action of
-    an awake player whose energy is below the maximum starts from the previous view drawn asleep
-    (``asleep_view``, through ``encode``: frames (1,H,W,3) -> latents (1,C,g,g)). None (start from pure noise)
-    where the light or the energy cannot be read, or a sleep cannot be drawn."""
+    to go on), the player tile and the inventory stay. None (start from pure noise) where the light cannot be
+    read, the player sleeps or the action is sleep: falling asleep or waking changes the whole view."""
     lit = frame_lighting(prev_frame)
-    if lit is None:
+    if lit is None or lit[1] or ACTION_NAMES[action] == "sleep":  # falling asleep/waking changes the whole view
         return None
-    if lit[1]:  # asleep, the view stays (waking is the model's to draw: measured better than a start from noise)
-        return np.array(prev_latent, np.float32, copy=True)
-    if ACTION_NAMES[action] == "sleep":
-        energy = _energy(prev_frame)
-        if energy is not None and energy >= ENERGY_MAX:  # the game ignores the action: the view stays
-            return np.array(prev_latent, np.float32, copy=True)
-        if encode is None or energy is None:
-            return None
-        return np.asarray(encode(asleep_view(prev_frame)[None])[0], np.float32)
     dx, dy = move_delta(action)
     out = np.array(prev_latent, np.float32, copy=True)
     if (dx, dy) == (0, 0) or not target_walkable(prev_frame, action):
@@ -120,30 +99,6 @@ def _light_terms(daylight: float, h: int, w: int) -> tuple[np.ndarray, np.ndarra
     c = 0.3 * (1 - d) * (1 - m)
     b = (1 - d) * (0.5 * m * NIGHT_NOISE_MEAN + 0.5 * _TINT)
     return a, c, b
-
-
-_SLEEP_TINT = np.array([0.0, 0.0, 8.0])  # Crafter's sleeping view: 0.5 * grey(lit view) + 0.5 * (0, 0, 16)
-
-
-def asleep_view(frame: np.ndarray, view_rows: int = 7) -> np.ndarray:
-    """An awake player's frame uint8 (S,S,3) as Crafter draws it once the player sleeps: the lit world view
-    made grey and tinted (LocalView._sleep); the inventory rows are not touched. (The player's sprite stays
-    the awake one: the model draws the sleeping sprite.)"""
-    h = view_rows * (frame.shape[0] // 9)
-    out = frame.copy()
-    grey = np.rint(frame[:h].astype(np.float64) @ _LUMA)[..., None]
-    out[:h] = np.clip(np.floor(0.5 * grey + _SLEEP_TINT), 0, 255).astype(np.uint8)
-    return out
-
-
-def _energy(frame: np.ndarray) -> int | None:
-    """The energy count (0..9) the frame's inventory shows, None where it cannot be read."""
-    try:
-        from worldsim.eval.tiles import get_classifier
-
-        return int(get_classifier(int(frame.shape[0])).read_inventory(np.asarray(frame)[None])[0, ENERGY_SLOT])
-    except (ImportError, ValueError, IndexError):
-        return None
 
 
 def relight(frame: np.ndarray, daylight_from: float, daylight_to: float, view_rows: int = 7) -> np.ndarray:

@@ -622,7 +622,7 @@ class Session:
         st, warm = self._state, self.world.preset.warm
         if warm <= 0 or len(acts) != 1 or st.latent is None or st.frame is None:
             return noise, 1.0
-        start = warm_start(st.latent, st.frame, acts[0], encode=self.world.backend.encode)
+        start = warm_start(st.latent, st.frame, acts[0])
         if start is None:
             return noise, 1.0
         return (warm * noise + (1 - warm) * start[None, None]).astype(np.float32), float(warm)

@@ -231,7 +231,7 @@ def _tile_means(frame: np.ndarray) -> np.ndarray:
 
 def test_warm_start_moves_the_previous_view_as_the_game_does(episode):
     """On real frames the start of a free move is the next frame's view (where the game shows no change), a
-    blocked move or another action starts from the view as it was."""
+    blocked move or another action starts from the view as it was, sleep starts from noise."""
     from worldsim.actions import ACTION_NAMES, action_index
 
     f, a, pos = episode["frames"], episode["actions"], episode["pos"]
@@ -259,73 +259,15 @@ def test_warm_start_moves_the_previous_view_as_the_game_does(episode):
         total += same.size
         np.testing.assert_array_equal(start[:, VIEW_ROWS:], z[:, VIEW_ROWS:])  # the inventory does not move
     assert total > 1000 and hits / total > 0.97 and blocked > 5
+    assert warm_start(_tile_means(f[0]), f[0], action_index("sleep")) is None
     assert ACTION_NAMES[action_index("sleep")] == "sleep"
 
 
-def _render_asleep(seed: int = 1_000_003, daylight: float = 0.8) -> np.ndarray:
-    """A real Crafter frame of a sleeping player."""
-    from worldsim.crafter_env import CrafterEnv
-
-    env = CrafterEnv(seed=seed, size=72)
-    env.reset(seed=seed)
-    env._env._player.sleeping = True
-    return _render_at(env, daylight)
-
-
-def test_warm_start_of_a_sleep_action_draws_the_view_asleep(episode):
-    """An awake player with energy to spare who sleeps starts from its view drawn asleep (the game's drawing);
-    with full energy the game ignores the action (the view stays); a sleeping player's view stays."""
-    from engine.rules import ENERGY_MAX, asleep_view, warm_start
-    from worldsim.actions import action_index
-    from worldsim.eval.tiles import read_inventory
-
-    f = episode["frames"]
-    energy = read_inventory(f)[:, 3]
-    np.testing.assert_array_equal(energy, episode["inventory"][:, 3])  # the rule reads the energy right
-    tired, rested = int(np.argmin(energy)), int(np.argmax(energy))
-    assert energy[tired] < ENERGY_MAX == energy[rested]
-    sleep = action_index("sleep")
-    got = []
-    encode = lambda frames: (got.append(frames.copy()), np.full((1, 3, 9, 9), 7.0, np.float32))[1]  # noqa: E731
-    start = warm_start(_tile_means(f[tired]), f[tired], sleep, encode=encode)
-    np.testing.assert_array_equal(got[0][0], asleep_view(f[tired]))
-    assert (start == 7.0).all()
-    z = _tile_means(f[rested])
-    np.testing.assert_array_equal(warm_start(z, f[rested], sleep, encode=encode), z)
-    assert warm_start(z, f[tired], sleep) is None  # nothing to draw the sleeping view with
-    asleep = _render_asleep()
-    z = _tile_means(asleep)
-    np.testing.assert_array_equal(warm_start(z, asleep, action_index("move_left"), encode=encode), z)  # asleep: stays
-
-
-def test_asleep_view_is_the_game_s_sleeping_view():
-    """The game's sleeping view is asleep_view() of its awake view (exact by day, outside the player's sprite)."""
-    from engine.rules import asleep_view
-    from worldsim.crafter_env import CrafterEnv
-
-    env = CrafterEnv(seed=1_000_003, size=72)
-    env.reset(seed=1_000_003)
-    player = env._env._player
-    for d in (1.0, 0.7):
-        player.sleeping = False
-        awake = _render_at(env, d)
-        player.sleeping = True
-        err = np.abs(asleep_view(awake).astype(int) - _render_at(env, d).astype(int))
-        assert err[:56].mean() > 0 or d == 1.0
-        err[3 * 8:4 * 8, 4 * 8:5 * 8] = 0  # the player's sprite: the model draws the sleeping one
-        assert err.max() == 0, d
-        assert np.abs(awake.astype(int) - _render_at(env, d).astype(int))[:56].mean() > 20  # sleep changes the view
-
-
-def test_session_warm_start_denoises_from_the_moved_previous_frame(tmp_path, episode, monkeypatch):
+def test_session_warm_start_denoises_from_the_moved_previous_frame(tmp_path, episode):
     """preset.warm: the first denoising call sees the start level and the previous latent mixed with the noise;
     a batch of sessions does exactly what the sessions do alone; the level is checked."""
     from engine.batch import SessionBatch
 
-    import engine.rules as rules
-
-    read_light = rules.frame_lighting  # a black frame stands for one whose light cannot be read
-    monkeypatch.setattr(rules, "frame_lighting", lambda frame: read_light(frame) if frame.any() else None)
     f, a = episode["frames"], episode["actions"]
     path = make_tiny_world(tmp_path / "tiny")
     w = World.load(path, backend="onnxruntime", threads=1, day_clock=False, warm=0.6)
@@ -342,30 +284,13 @@ def test_session_warm_start_denoises_from_the_moved_previous_frame(tmp_path, epi
     # the start is 0.6 * noise + 0.4 * the previous latent: removing the latter leaves unit-variance noise
     assert np.std(x[0, 0] - 0.4 * prev) / 0.6 == pytest.approx(1.0, abs=0.15)
     seen.clear()
-    asleep = _render_asleep()
-    s._state.frame, s._state.latent = asleep, w.backend.encode(asleep[None])[0]
-    s.step("noop")  # a sleeping player starts from its view
-    assert seen[0][1][0, 0] == pytest.approx(0.6)
-    seen.clear()
-    s._state.frame = np.zeros_like(asleep)  # a frame whose light cannot be read: pure noise
-    s.step("noop")
+    s.step("sleep")  # pure noise
     assert seen[0][1][0, 0] == pytest.approx(1.0)
-    # batch == sessions, with a warm-starting session (a real frame) next to one that starts from pure noise
+    # batch == sessions, with one warm-starting session next to one that sleeps (pure noise)
     w.backend.dit = real_dit
     solo = [w.new_session(ctx, acts, seed=i) for i in range(2)]
     grouped = [w.new_session(ctx, acts, seed=i) for i in range(2)]
-    for pair in (solo, grouped):
-        pair[0]._state.frame, pair[0]._state.latent = f[15], w.backend.encode(f[15][None])[0]
-        pair[1]._state.frame = np.zeros_like(f[15])
     batch = SessionBatch(grouped)
-    levels = []
-    real_batch_dit = w.backend.dit
-    w.backend.dit = lambda x, sigma, *rest: (levels.append(sigma.copy()), real_batch_dit(x, sigma, *rest))[1]
-    batch.step(["noop", "noop"])
-    assert levels[0][:, 0].tolist() == pytest.approx([0.6, 1.0])
-    w.backend.dit = real_batch_dit
-    for s_ in solo:
-        s_.step("noop")
     for step in (["noop", "sleep"], ["move_left", "noop"], ["do", "move_right"]):
         got = batch.step(step)
         for s_, g, act in zip(solo, got, step):
