@@ -33,7 +33,7 @@ def test_autoencoder_shapes_and_pixel_roundtrip():
     z = ae.encode(x)
     assert z.shape == (3, ae.cfg.latent_channels, 9, 9)
     y = ae.decode(z)
-    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    assert y.shape == x.shape and float(y.detach().min()) >= 0 and float(y.detach().max()) <= 1
     assert torch.equal(tensor_to_frames(frames_to_tensor(frames)), frames)
 
 
