@@ -160,3 +160,30 @@ def test_warm_self_rollout_starts_each_generation_from_the_moved_context():
     assert left.std().item() == pytest.approx(1.0, abs=0.15)
     with pytest.raises(ValueError, match="one sampler step"):
         _self_rollout_context(rec, z, a, FlowSampler(2), shifts=torch.zeros(1, 5, 2, dtype=torch.long), warm=0.5)
+
+
+def test_sleep_clips_hold_a_frame_where_the_player_falls_asleep_or_wakes():
+    """sleep_clip_frac = 1: every clip (of an episode that has one) holds a sleep change; 0: uniform starts with
+    no extra random draw (a run without the option samples the same clips)."""
+    clips = LatentClips.__new__(LatentClips)
+    sleeping = np.zeros(300, bool)
+    sleeping[100:160] = True  # falls asleep at frame 100, wakes at 160
+    clips.lat = [torch.zeros(300, 2, 3, 3), torch.zeros(50, 2, 3, 3)]
+    clips.act = [np.zeros(300, np.int64), np.zeros(50, np.int64)]
+    clips.sleep_changes = [np.array([100, 160]), np.array([], np.int64)]
+    T = 8
+    for seed in range(20):
+        _, _, origins = clips.sample(np.random.default_rng(seed), 16, T, sleep_frac=1.0)
+        for e, s in origins:
+            assert 1 <= s <= len(clips.lat[e]) - T
+            if e == 0:
+                assert any(s <= t < s + T for t in (100, 160)), s
+    # off: uniform starts, one draw each after the episode draws (the clips a run without the option got)
+    rng = np.random.default_rng(3)
+    lens = np.array([300, 50])
+    eps = rng.choice(2, 16, p=lens / lens.sum())
+    want = [(int(e), int(rng.integers(1, lens[e] - T + 1))) for e in eps]
+    assert clips.sample(np.random.default_rng(3), 16, T, sleep_frac=0.0)[2] == want
+    clips.sleep_changes = None
+    with pytest.raises(ValueError, match="sleeping"):
+        clips.sample(np.random.default_rng(0), 4, T, sleep_frac=0.5)

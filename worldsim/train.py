@@ -60,6 +60,9 @@ class TrainConfig:
     # warm_level; the self-rollout context is then generated the same way. 0 = off
     warm_target_prob: float = 0.0
     warm_level: float = 0.5
+    # DiT: fraction of clips placed so they hold a frame where the player falls asleep or wakes (1,453 of 200k
+    # frames of the training set: the model's sleeping view is where the open loop loses most); 0 = uniform
+    sleep_clip_frac: float = 0.0
     memory_frames: int = 0  # DiT: past frames of the same episode given to each clip as memory (0 = off; see worldsim.memory)
     memory_revisit: float = 0.5  # DiT with memory: fraction of clips placed where a revisited place comes back into view
     memory_dropout: float = 0.1  # DiT with memory: fraction of memory frames masked out (the model must also work without)
@@ -425,9 +428,27 @@ class LatentClips:
         self.pos = [np.asarray(e["pos"], np.int64) for e in store.episodes] if all("pos" in e for e in store.episodes) else None
         self.events = ([np.asarray(e["revisit_events"], np.int64).reshape(-1, 6) for e in store.episodes]
                        if all("revisit_events" in e for e in store.episodes) else None)
+        # frames where the player falls asleep or wakes (loaded with the 'sleeping' field only)
+        self.sleep_changes = ([np.nonzero(np.diff(np.asarray(e["sleeping"]).astype(np.int8)))[0] + 1 for e in store.episodes]
+                              if all("sleeping" in e for e in store.episodes) else None)
 
-    def sample(self, rng: np.random.Generator, batch: int, T: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
-        """-> latents (B,T,C,g,g) float32, actions (B,T) int64 (action that produced frame i), origins."""
+    def _start(self, rng: np.random.Generator, e: int, T: int, sleep_frac: float) -> int:
+        """First frame of a clip of T frames in episode e: uniform (frame s-1 exists: its action produced frame
+        s), or with probability ``sleep_frac`` placed to hold a frame where the player falls asleep or wakes."""
+        n = len(self.lat[e])
+        if sleep_frac > 0:  # no extra draw when off: the uniform clips stay the same
+            if self.sleep_changes is None:
+                raise ValueError("sleep_clip_frac needs the 'sleeping' field of the dataset")
+            changes = self.sleep_changes[e]
+            if len(changes) and rng.random() < sleep_frac:
+                t = int(changes[rng.integers(len(changes))])
+                return int(np.clip(t - rng.integers(0, T), 1, n - T))
+        return int(rng.integers(1, n - T + 1))
+
+    def sample(self, rng: np.random.Generator, batch: int, T: int,
+               sleep_frac: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        """-> latents (B,T,C,g,g) float32, actions (B,T) int64 (action that produced frame i), origins;
+        a fraction ``sleep_frac`` of the clips holds a sleep change (``_start``)."""
         lens = np.array([len(x) for x in self.lat])
         ok = np.nonzero(lens > T)[0]
         if len(ok) == 0:
@@ -435,7 +456,7 @@ class LatentClips:
         eps = rng.choice(ok, batch, p=lens[ok] / lens[ok].sum())
         zs, acts, origins = [], [], []
         for e in eps:
-            s = int(rng.integers(1, lens[e] - T + 1))  # frame s-1 exists: its action produced frame s
+            s = self._start(rng, int(e), T, sleep_frac)
             zs.append(self.lat[e][s:s + T].float())
             acts.append(torch.from_numpy(self.act[e][s - 1:s - 1 + T]))
             origins.append((int(e), s))
@@ -489,7 +510,7 @@ class LatentClips:
                 t_back = int(evs[rng.integers(len(evs))][2])
                 s = int(np.clip(t_back - rng.integers(0, T), 1, n - T))  # the clip holds the frame A is back on screen
             else:
-                s = int(rng.integers(1, n - T + 1))
+                s = self._start(rng, int(e), T, cfg.sleep_clip_frac)
             zs.append(self.lat[e][s:s + T].float())
             acts.append(torch.from_numpy(self.act[e][s - 1:s - 1 + T]))
             origins.append((int(e), s))
@@ -665,6 +686,10 @@ def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: boo
         raise ValueError(f"warm_target_prob must lie in [0, 1] and warm_level in (0, 1), got {cfg.warm_target_prob}, {cfg.warm_level}")
     needs_pos = cfg.blocked_weight != 1.0 or cfg.warm_target_prob > 0
     mem_fields = ("pos", "revisit_events") if cfg.memory_frames > 0 else ("pos",) if needs_pos else ()
+    if not 0 <= cfg.sleep_clip_frac <= 1:
+        raise ValueError(f"sleep_clip_frac must lie in [0, 1], got {cfg.sleep_clip_frac}")
+    if cfg.sleep_clip_frac > 0:
+        mem_fields += ("sleeping",)
     train = LatentClips(_open(data, "train", cfg.max_train_episodes, ("frames", "actions", *mem_fields)), ae, trainer.device)
     # val always loads pos: the moved-frame metric needs it
     val_fields = ("frames", "actions", "semantic", "pos") + (("revisit_events",) if cfg.memory_frames > 0 else ())
@@ -682,7 +707,7 @@ def train_dit(data: str, ae_path: str, out: str, cfg: TrainConfig, progress: boo
             z, a, origins, memory = train.sample_with_memory(rng, per_rank, T, cfg)
             memory = memory.to(trainer.device)
         else:
-            z, a, origins = train.sample(rng, per_rank, T)
+            z, a, origins = train.sample(rng, per_rank, T, cfg.sleep_clip_frac)
         z, a = z.to(trainer.device), a.to(trainer.device)
         weight = None
         if cfg.blocked_weight != 1.0:
