@@ -184,3 +184,37 @@ def test_protocols_do_not_import_the_engine():
     code = ("import sys, worldsim.eval.protocols, worldsim.eval.report, worldsim.eval.reference; "
             "sys.exit(1 if any(m == 'engine' or m.startswith('engine.') for m in sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+class _SleeperWorld:
+    """The real game drawn as a sleeping player sees it (Crafter's LocalView._sleep: the lit view in grey,
+    tinted): a world whose player fell asleep and never wakes."""
+
+    def __init__(self, real):
+        self.real = real
+        self.action_names = real.action_names
+        self.frame_shape = real.frame_shape
+
+    def new_session(self, context, actions, seed=0):
+        inner = self.real.new_session(context=context, actions=actions, seed=seed)
+
+        class Session:
+            def step(_, action):
+                f = inner.step(action).astype(np.float64)
+                grey = np.rint(f[:56] @ np.array([0.299, 0.587, 0.114]))[..., None]
+                out = f.copy()
+                out[:56] = np.floor(0.5 * grey + np.array([0.0, 0.0, 8.0]))
+                return out.astype(np.uint8)
+
+        return Session()
+
+
+def test_long_run_reports_a_player_that_sleeps_while_the_real_one_is_awake(episodes):
+    """The long-run windows give the share of frames whose player sleeps next to the real game's: all of them
+    for a world stuck asleep, none for the real game (the first 128 frames of this episode are awake)."""
+    cfg = dataclasses.replace(CFG, one_step=0, rollouts=0, revisits=0)
+    real, _ = P.long_run(RealGameWorld(episodes), episodes, cfg, progress=False)
+    stuck, _ = P.long_run(_SleeperWorld(RealGameWorld(episodes)), episodes, cfg, progress=False)
+    for wr, ws in zip(real["windows"], stuck["windows"]):
+        assert wr["asleep"] == wr["real_asleep"] == 0.0
+        assert ws["asleep"] > 0.95 and ws["real_asleep"] == 0.0

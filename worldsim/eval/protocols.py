@@ -439,8 +439,10 @@ def long_run(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
     clf = get_classifier(S[0])
     ref = reference_histogram(episodes)
     nwin = (L + W - 1) // W
+    # asleep: a world whose player falls asleep and never wakes shows a dark, still view with few unexplained
+    # tiles and a fair class mix; the share of sleeping frames next to the real game's tells it apart
     win = [{"pred_hist": np.zeros(len(ref)), "true_hist": np.zeros(len(ref)), "unexplained": [], "tile_all": [],
-            "psnr": []} for _ in range(nwin)]
+            "psnr": [], "asleep": [], "real_asleep": []} for _ in range(nwin)]
     follow = M.Tally()
     bar = _bar(len(eps) * L, f"long run [{label}]", progress)
     samples: dict[str, np.ndarray] = {}
@@ -466,6 +468,8 @@ def long_run(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
             win[w]["unexplained"].append(float(reading.unexplained[ws].mean()))
             win[w]["tile_all"].append(float((reading.labels[ws] == true_lab[ws]).mean()))
             win[w]["psnr"].append(float(p[ws].mean()))
+            win[w]["asleep"].append(float(np.mean(reading.sleeping[ws])))
+            win[w]["real_asleep"].append(float(np.mean(ep.sleeping[sl][ws])))
         if not samples:
             idx = np.unique(np.clip([0, L // 4, L // 2, 3 * L // 4, L - 1], 0, L - 1))
             samples = {"pred": pred[idx], "true": ep.frames[sl][idx], "index": idx + 1}
@@ -480,6 +484,8 @@ def long_run(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
             "unexplained": float(np.mean(d["unexplained"])),
             "tile_all": float(np.mean(d["tile_all"])),
             "psnr": float(np.mean(d["psnr"])),
+            "asleep": float(np.mean(d["asleep"])),
+            "real_asleep": float(np.mean(d["real_asleep"])),
             "pred_classes": (d["pred_hist"] / len(eps)).round(5).tolist(),
         })
     out: dict[str, Any] = {

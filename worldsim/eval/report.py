@@ -363,12 +363,14 @@ def markdown(report: Mapping[str, Any]) -> str:
                   "Class TV distance: total variation between the tile classes the world shows and those of all real "
                   "held-out frames (the real game's own value for the same frames is the 'real' column).", "",
                   "| frames | TV model | TV copy-last | TV real | unexplained model | unexplained copy-last | "
-                  "tiles model | tiles copy-last | PSNR model | PSNR copy-last |", "|---|" + "---:|" * 9]
+                  "tiles model | tiles copy-last | PSNR model | PSNR copy-last | asleep model | asleep real |",
+                  "|---|" + "---:|" * 11]
         for wm, wb in zip(m["windows"], b["windows"]):
             lines.append(f"| {wm['frames'][0]}–{wm['frames'][1]} | {_fmt(wm['class_tv_to_real'])} | "
                          f"{_fmt(wb['class_tv_to_real'])} | {_fmt(wm['real_class_tv_to_real'])} | "
                          f"{_fmt(wm['unexplained'], '%')} | {_fmt(wb['unexplained'], '%')} | {_fmt(wm['tile_all'], '%')} | "
-                         f"{_fmt(wb['tile_all'], '%')} | {_fmt(wm['psnr'], 'dB')} | {_fmt(wb['psnr'], 'dB')} |")
+                         f"{_fmt(wb['tile_all'], '%')} | {_fmt(wm['psnr'], 'dB')} | {_fmt(wb['psnr'], 'dB')} | "
+                         f"{_fmt(wm.get('asleep'), '%')} | {_fmt(wm.get('real_asleep'), '%')} |")
         lines += ["", f"Open-loop action following over the run: model {_fmt(m.get('open_loop_following'), '%')}, "
                   f"copy-last {_fmt(b.get('open_loop_following'), '%')}.", ""]
         if "long_run.png" in report["plots"]:
