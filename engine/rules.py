@@ -29,7 +29,7 @@ import numpy as np
 
 from worldsim.eval.tiles import daylight_at
 from worldsim.actions import ACTION_NAMES
-from worldsim.memory import (PLAYER_COL, PLAYER_ROW, VIEW_ROWS, estimate_move, frame_lighting, move_delta, moved_view_index,
+from worldsim.memory import (PLAYER_COL, PLAYER_ROW, estimate_move, frame_lighting, move_delta, moved_view,
                              target_walkable)
 
 
@@ -68,11 +68,7 @@ def warm_start(prev_latent: np.ndarray, prev_frame: np.ndarray, action: int) -> 
     out = np.array(prev_latent, np.float32, copy=True)
     if (dx, dy) == (0, 0) or not target_walkable(prev_frame, action):
         return out
-    rows, cols = moved_view_index(dx, dy)
-    view = prev_latent[:, rows][:, :, cols].astype(np.float32)
-    view[:, PLAYER_ROW, PLAYER_COL] = prev_latent[:, PLAYER_ROW, PLAYER_COL]
-    out[:, :VIEW_ROWS] = view
-    return out
+    return moved_view(out, dx, dy)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -39,13 +39,17 @@ def move_delta(action: int) -> tuple[int, int]:
     return MOVE_DELTAS.get(int(action), (0, 0))
 
 
-def moved_view_index(dx: int, dy: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows (VIEW_ROWS,) and columns (VIEW_COLS,) of the previous view that the view after a move by (dx, dy)
-    shows: new[r, c] = prev[rows[r], cols[c]]; the row/column the move uncovers repeats its neighbour (terrain
-    tends to go on). Used by the engine's warm start and by training on warm-started targets."""
+def moved_view(latent, dx: int, dy: int):
+    """A frame's latent (C,g,g) (numpy or torch) with its world view moved as a move by (dx, dy) moves it:
+    new[r, c] = prev[r + dy, c + dx]; the row/column the move uncovers repeats its neighbour (terrain tends to go
+    on), the player tile and the inventory rows stay. A copy. Used by the engine's warm start and by training on
+    warm-started targets."""
     rows = np.clip(np.arange(VIEW_ROWS) + int(dy), 0, VIEW_ROWS - 1)
     cols = np.clip(np.arange(VIEW_COLS) + int(dx), 0, VIEW_COLS - 1)
-    return rows, cols
+    out = latent.clone() if hasattr(latent, "clone") else latent.copy()
+    out[:, :VIEW_ROWS] = latent[:, rows][:, :, cols]
+    out[:, PLAYER_ROW, PLAYER_COL] = latent[:, PLAYER_ROW, PLAYER_COL]
+    return out
 
 
 def memory_shift(entry_pose: np.ndarray, pose: np.ndarray) -> np.ndarray:

@@ -550,9 +550,8 @@ class MemoryBatch:
 
 def moved_previous(z: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """The engine's warm start in training: clip frame i (i >= 1) -> frame i-1 of z (B,T,C,g,g) with its world
-    view moved by shifts[:, i] (B,T,2) (dx, dy) (worldsim.memory.moved_view_index), its player tile and
-    inventory rows kept; frame 0 -> itself. -> (B,T,C,g,g)."""
-    from worldsim.memory import PLAYER_COL, PLAYER_ROW, VIEW_ROWS, moved_view_index
+    view moved by shifts[:, i] (B,T,2) (dx, dy) (worldsim.memory.moved_view); frame 0 -> itself. -> (B,T,C,g,g)."""
+    from worldsim.memory import moved_view
 
     prev = torch.cat([z[:, :1], z[:, :-1]], 1)
     out = prev.clone()
@@ -561,9 +560,7 @@ def moved_previous(z: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
         for i in range(1, z.shape[1]):
             dx, dy = sh[b][i]
             if dx or dy:
-                rows, cols = (torch.from_numpy(ix).to(z.device) for ix in moved_view_index(dx, dy))
-                out[b, i, :, :VIEW_ROWS] = prev[b, i][:, rows][:, :, cols]
-                out[b, i, :, PLAYER_ROW, PLAYER_COL] = prev[b, i, :, PLAYER_ROW, PLAYER_COL]
+                out[b, i] = moved_view(prev[b, i], dx, dy)
     return out
 
 
@@ -635,20 +632,21 @@ def _self_rollout_context(model: CausalDiT, z: torch.Tensor, actions: torch.Tens
     of ``depth`` generations compound: the open-loop fade the model must learn to recover from). With
     ``warm`` > 0 and ``shifts`` (B,T,2), frames start as the engine's warm start does (``moved_previous``
     of the context at level ``warm``; a frame after sleep from pure noise)."""
+    if warm > 0 and sampler.steps != 1:
+        raise ValueError("warm-started self-rollout takes one sampler step (its update is the prediction at any level)")
     B, T = z.shape[:2]
     ctx_level = torch.zeros(B, T, device=z.device)
     mem_kw = memory.kwargs(torch.zeros_like(memory.valid)) if memory is not None else {}
+    ts = sampler.timesteps()
+    on = _warm_frames(actions, 1.0) if warm > 0 and shifts is not None else None  # the same frames at every depth
     ctx = z
     for _ in range(depth):
         x = torch.randn_like(z)
         level = torch.ones(B, T, device=z.device)
-        if warm > 0 and shifts is not None:
-            on = _warm_frames(actions, 1.0)
-            x = torch.where(on[..., None, None, None], warm * x + (1 - warm) * moved_previous(ctx, shifts), x)
+        if on is not None:
+            x = torch.where(on[..., None, None, None], add_noise(moved_previous(ctx, shifts), torch.full_like(level, warm), x), x)
             level = torch.where(on, torch.full_like(level, warm), level)
-        if warm > 0 and sampler.steps != 1:
-            raise ValueError("warm-started self-rollout takes one sampler step (its update is the prediction at any level)")
-        for t, t_next in zip(sampler.timesteps()[:-1], sampler.timesteps()[1:]):
+        for t, t_next in zip(ts[:-1], ts[1:]):
             x0 = model.forward_teacher(ctx, ctx_level, x, level * t, actions, **mem_kw).float()
             x = sampler.step(x, x0, t, t_next, torch.randn_like(z))
         ctx = z.clone()
