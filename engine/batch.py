@@ -84,6 +84,7 @@ class SessionBatch:
         d, be, sampler = w.dit_cfg, w.backend, w.sampler
         S = len(self.sessions)
         a, single = _parse_actions(actions, S, w.preset.chunk)
+        a = np.array([s._game_actions(a[i].tolist()) for i, s in enumerate(self.sessions)], a.dtype)
         k = a.shape[1]
         self._sync()
         states = [s._state for s in self.sessions]

@@ -23,7 +23,8 @@ import numpy as np
 
 from engine.backends import BACKENDS, BackendUnavailable, OrtBackend, TorchBackend, ensure_onnx_graphs, tensorrt_unavailable_reason
 from engine.cache import RingKVCache
-from engine.rules import DAY_CLOCK_TOLERANCE, enforce_blocked_move, fit_clock, relight, warm_start
+from engine.rules import (DAY_CLOCK_TOLERANCE, ENERGY_MAX, advance_life, enforce_blocked_move, fit_clock, fit_life, read_energy,
+                          relight, rendered_awake_view, sleeping_view, warm_start)
 from engine.memory import MemoryBank, MemoryConfig, MemoryKV, fill_uncovered, memory_slots, predicted_poses, slot_shift
 from worldsim.actions import ACTION_NAMES, NULL_ACTION, action_index
 from worldsim.diffusion import FlowSampler
@@ -53,13 +54,15 @@ class RuntimePreset:
     memory_fill: bool = False  # tiles a move uncovers come from the bank where it saw them (engine.memory.fill_uncovered)
     block_rule: bool = True  # Crafter's rule on generated frames: a move onto a tile the player cannot enter only turns it
     day_clock: bool = True  # Crafter's day/night clock (fitted to the context) relights generated frames (engine.rules)
+    life_clock: bool = True  # Crafter's energy counter (fitted to the context): no sleep at full energy, a sleeper wakes when full (engine.rules)
+    sleep_view: bool = True  # with the life clock: a sleeper's frame is drawn as the game draws it, from its last awake frame (engine.rules)
     warm: float = 0.0  # in (0, 1): denoise from this level, starting at the previous frame moved as the action moves the view
 
     @property
     def reads_frames(self) -> bool:
         """Whether stepping reads the previous/decoded frame on the host (the rules, the warm start): a device
         path that keeps the whole step on the accelerator (tensorrt's CUDA graph) cannot serve it."""
-        return self.block_rule or self.day_clock or self.warm > 0
+        return self.block_rule or self.day_clock or self.life_clock or self.warm > 0
 
 
 # Windows are capped by what the world was trained on (world.json max_window: 15 for the shipped world). A
@@ -370,11 +373,13 @@ class SessionState:
     rng_state: dict
     extra: dict = field(default_factory=dict)
     memory: MemoryBank | None = None  # the memory bank and pose track (preset.memory > 0), else None
+    awake: np.ndarray | None = None  # float32 (C,g,g) the last frame whose player was awake (preset.life_clock), else None
 
     def copy(self) -> "SessionState":
         """A deep copy."""
         return SessionState(self.frame_index, self.cache.copy(), self.frame.copy(), self.latent.copy(),
-                            copy.deepcopy(self.rng_state), copy.deepcopy(self.extra), self.memory.copy() if self.memory is not None else None)
+                            copy.deepcopy(self.rng_state), copy.deepcopy(self.extra), self.memory.copy() if self.memory is not None else None,
+                            None if self.awake is None else self.awake.copy())
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays + JSON-able meta for saving."""
@@ -384,6 +389,8 @@ class SessionState:
         if self.memory is not None:
             mem_arrays, meta["memory"] = self.memory.to_arrays()
             arrays.update(mem_arrays)
+        if self.awake is not None:
+            arrays["awake_latent"] = self.awake
         return arrays, meta
 
     @classmethod
@@ -391,7 +398,8 @@ class SessionState:
         """Inverse of to_arrays."""
         cache = RingKVCache(arrays["cache_k"], arrays["cache_v"], arrays["cache_frame"], int(meta["next_slot"]), int(meta["tokens_per_frame"]))
         memory = MemoryBank.from_arrays(arrays, meta["memory"]) if meta.get("memory") is not None else None
-        return cls(int(meta["frame_index"]), cache, arrays["frame"], arrays["latent"], meta["rng_state"], meta.get("extra", {}), memory)
+        return cls(int(meta["frame_index"]), cache, arrays["frame"], arrays["latent"], meta["rng_state"], meta.get("extra", {}), memory,
+                   arrays.get("awake_latent"))
 
 
 class Session:
@@ -491,6 +499,8 @@ class Session:
             step = fit_clock(np.array(lights[-self.world.preset.window - 1:]))  # the game's step count (mod 300) of the last frame
             if step is not None:
                 self._state.extra["day_offset"] = step - (T - 1)  # frame f is at step f + day_offset
+        if self.world.preset.life_clock:
+            self._start_life(frames, z, first)
         if self._mem_cfg is not None:
             # every context frame enters the bank (those older than the window too), at poses tracked from (0, 0)
             z_all = be.encode(frames[:first]) if first > 0 else z[:0]
@@ -499,6 +509,28 @@ class Session:
             for i, p in enumerate(track_poses(frames, np.asarray(acts[:T], np.int64))):
                 bank.observe(z_all[i], i, p, lights[i])
             self._state.memory = bank
+
+    def _start_life(self, frames: np.ndarray, z: np.ndarray, first: int) -> None:
+        """The life clock's state from the context frames uint8 (T,H,W,3) (z: the latents of frames[first:]):
+        energy and fatigue (engine.rules.fit_life) and the last awake frame; off where the frames cannot be read."""
+        energies = read_energy(frames)
+        lit = [frame_lighting(f) for f in frames]
+        if energies is None or lit[-1] is None:
+            return
+        asleep = np.array([lt is not None and lt[1] for lt in lit])
+        st = self._state
+        awake = np.flatnonzero(~asleep & np.array([lt is not None for lt in lit]))
+        if len(awake):
+            j = int(awake[-1])
+            st.awake = z[j - first].copy() if j >= first else self.world.backend.encode(frames[j][None])[0]
+        else:  # a context that only sleeps: the last frame as its sleeper will see it on waking
+            j = len(frames) - 1
+            view = rendered_awake_view(frames[j], lit[j][0])
+            if view is None:
+                return
+            st.awake = self.world.backend.encode(view[None])[0]
+        st.extra["awake_light"] = float(lit[j][0])
+        st.extra["life"] = list(fit_life(energies, asleep))
 
     def _new_memory(self) -> MemoryBank:
         d = self.world.dit_cfg
@@ -517,7 +549,15 @@ class Session:
         st.cache.write(kk, vv, first_frame)
         return time.perf_counter() - t0
 
+    def _game_actions(self, acts: list[int]) -> list[int]:
+        """The actions as the game takes them (preset.life_clock): a sleep action at full energy is a noop."""
+        life = self._state.extra.get("life") if self.world.preset.life_clock else None
+        if life is not None and life[0] >= ENERGY_MAX and not _asleep(self._state.frame):
+            return [NOOP if a == SLEEP else a for a in acts]
+        return acts
+
     def _step_chunk(self, acts: list[int]) -> np.ndarray:
+        acts = self._game_actions(acts)
         if self._state.memory is not None:
             return self._step_chunk_memory(acts)
         fused = getattr(self.world.backend, "step_chunk", None)
@@ -566,7 +606,8 @@ class Session:
         st.frame = frames[-1].copy()
         st.latent = x0[0, -1].copy()
         timings = {"denoise_ms": (t1 - t0) * 1e3, "commit_ms": commit_s * 1e3, "decode_ms": (t_fin - t1) * 1e3,
-                   "total_ms": (t2 - t0) * 1e3, "rule_fixes": found.get("rule_fixes", 0), "relit": found.get("relit", 0)}
+                   "total_ms": (t2 - t0) * 1e3, "rule_fixes": found.get("rule_fixes", 0), "relit": found.get("relit", 0),
+                   "woken": found.get("woken", 0), "asleep_drawn": found.get("asleep_drawn", 0)}
         return frames, x0[0], timings
 
     # -- memory (preset.memory > 0) -------------------------------------------------------------------
@@ -641,13 +682,14 @@ class Session:
         frames = w.backend.decode(x0[0])
         rule = w.preset.block_rule
         offset = st.extra.get("day_offset") if w.preset.day_clock else None
-        if not rule and bank is None and offset is None:
+        life = st.extra.get("life") if w.preset.life_clock else None
+        if not rule and bank is None and offset is None and life is None:
             return x0, frames
         k = len(acts)
         out, poses, lights = x0.copy(), np.zeros((k, 2), np.int64), np.zeros(k, np.float32)
         prev, prev_z = st.frame, st.latent
         pose = bank.current_pose if bank is not None else np.zeros(2, np.int64)
-        fixes = filled = relit = 0
+        fixes = filled = relit = woken = drawn = 0
         for i, a in enumerate(acts):
             walkable = target_walkable(prev, a, frames[i]) if (rule or bank is not None) else None
             if rule:
@@ -655,7 +697,28 @@ class Session:
                 if fixed:
                     out[0, i], frames[i] = z, w.backend.decode(z[None])[0]
                     fixes += 1
-            lit = frame_lighting(frames[i]) if (offset is not None or bank is not None) else None
+            lit = frame_lighting(frames[i]) if (offset is not None or bank is not None or life is not None) else None
+            if life is not None:
+                if lit is not None and lit[1] and life[0] >= ENERGY_MAX:
+                    # the game wakes a sleeper at full energy (and never puts one to sleep there): the last
+                    # awake frame comes back (drawn from this one's tiles where none is known), lit as the
+                    # clock says (or as it was)
+                    light = float(st.extra["awake_light"])
+                    want = float(daylight_at(st.frame_index + 1 + i + offset)) if offset is not None else light
+                    awake = w.backend.decode(st.awake[None])[0]
+                    out[0, i] = w.backend.encode(relight(awake, light, want)[None])[0] if want != light else st.awake
+                    frames[i] = w.backend.decode(out[0, i][None])[0]
+                    lit, woken = (want, False), woken + 1
+                elif lit is not None and lit[1] and w.preset.sleep_view:
+                    # a sleeper does not move: the game draws the world it saw awake, grey (engine.rules.sleeping_view)
+                    light = float(st.extra["awake_light"])
+                    want = float(daylight_at(st.frame_index + 1 + i + offset)) if offset is not None else light
+                    view = sleeping_view(w.backend.decode(st.awake[None])[0], light, want)
+                    if view is not None:
+                        out[0, i] = w.backend.encode(view[None])[0]
+                        frames[i] = w.backend.decode(out[0, i][None])[0]
+                        lit, drawn = (want, True), drawn + 1
+                life[:] = advance_life(life[0], life[1], lit is not None and lit[1])
             if offset is not None and lit is not None and not lit[1]:
                 # the game's clock sets the light: a generated frame lit otherwise is relit (engine.rules.relight)
                 want = float(daylight_at(st.frame_index + 1 + i + offset))
@@ -663,6 +726,9 @@ class Session:
                     z = w.backend.encode(relight(frames[i], lit[0], want)[None])[0]
                     out[0, i], frames[i] = z, w.backend.decode(z[None])[0]
                     lit, relit = (want, False), relit + 1
+            if life is not None and lit is not None and not lit[1]:
+                st.awake = out[0, i].copy()
+                st.extra["awake_light"] = float(lit[0])
             if bank is not None:
                 new_pose = pose + self._move(prev, frames[i], a, walkable)
                 lights[i] = np.nan if lit is None else lit[0]
@@ -673,7 +739,7 @@ class Session:
                         filled += n
                 pose = poses[i] = new_pose
             prev, prev_z = frames[i], out[0, i]
-        found.update(poses=poses, lights=lights, filled=filled, rule_fixes=fixes, relit=relit)
+        found.update(poses=poses, lights=lights, filled=filled, rule_fixes=fixes, relit=relit, woken=woken, asleep_drawn=drawn)
         return out, frames
 
     def _move(self, prev: np.ndarray, frame: np.ndarray, action: int, walkable: bool | None) -> np.ndarray:
@@ -695,6 +761,15 @@ class Session:
         while len(self._mem_px) > 32:
             self._mem_px.pop(next(iter(self._mem_px)))
         return px
+
+
+def _asleep(frame: np.ndarray) -> bool:
+    """Whether a frame uint8 (H,W,3) shows its player asleep (False where it cannot be read)."""
+    lit = frame_lighting(frame)
+    return lit is not None and lit[1]
+
+
+NOOP, SLEEP = ACTION_NAMES.index("noop"), ACTION_NAMES.index("sleep")
 
 
 def _light(frame: np.ndarray, awake_only: bool = False) -> float:

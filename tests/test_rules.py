@@ -7,7 +7,7 @@ import pytest
 
 from engine import World
 from engine.rules import enforce_blocked_move
-from engine.testing import make_tiny_world
+from engine.testing import exact_codec, make_tiny_world
 from worldsim.memory import PLAYER_COL, PLAYER_ROW, VIEW_COLS, VIEW_ROWS, move_delta, target_walkable
 
 
@@ -172,24 +172,6 @@ def test_fit_clock_reads_the_time_of_day_from_a_few_frames(episode):
     assert fit_clock(np.full(4, np.nan)) is None
 
 
-def _exact_codec(backend) -> None:
-    """Make a backend's decoder give back exactly the frames its encoder saw (other latents: the real decoder)."""
-    seen: dict[bytes, np.ndarray] = {}
-    enc, dec = backend.encode, backend.decode
-
-    def encode(frames):
-        z = enc(frames)
-        for zi, fi in zip(z, frames):
-            seen[np.asarray(zi, np.float32).tobytes()] = np.array(fi)
-        return z
-
-    def decode(z):
-        keys = [np.asarray(zi, np.float32).tobytes() for zi in z]
-        return np.stack([seen[k] if k in seen else dec(np.asarray(zi)[None])[0] for k, zi in zip(keys, z)])
-
-    backend.encode, backend.decode = encode, decode
-
-
 def test_session_keeps_the_game_s_clock(tmp_path, episode):
     """A model that draws every frame at night while the clock says day: the session relights it (its
     frames read back at the clock's daylight), not with day_clock=false; the clock survives save/load."""
@@ -204,7 +186,7 @@ def test_session_keeps_the_game_s_clock(tmp_path, episode):
     got = {}
     for clock in (True, False):
         w = World.load(path, backend="onnxruntime", threads=1, block_rule=False, day_clock=clock)
-        _exact_codec(w.backend)  # the random tiny autoencoder would scramble the light
+        exact_codec(w.backend)  # the random tiny autoencoder would scramble the light
         dark = w.backend.encode(relight(f[t], frame_lighting(f[t])[0], 0.2)[None])[None]  # the context frame, at night
         real_dit = w.backend.dit
         w.backend.dit = lambda x, *rest: (dark.copy(), *real_dit(x, *rest)[1:])
@@ -270,7 +252,7 @@ def test_session_warm_start_denoises_from_the_moved_previous_frame(tmp_path, epi
 
     f, a = episode["frames"], episode["actions"]
     path = make_tiny_world(tmp_path / "tiny")
-    w = World.load(path, backend="onnxruntime", threads=1, day_clock=False, warm=0.6)
+    w = World.load(path, backend="onnxruntime", threads=1, day_clock=False, life_clock=False, warm=0.6)
     seen = []
     real_dit = w.backend.dit
     w.backend.dit = lambda x, sigma, *rest: (seen.append((x.copy(), sigma.copy())), real_dit(x, sigma, *rest))[1]

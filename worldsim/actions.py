@@ -5,6 +5,8 @@ Alignment (used everywhere): action ``a_t`` is taken on frame ``t`` and produces
 
 from __future__ import annotations
 
+import numpy as np
+
 from collections.abc import Iterable, Sequence
 
 # Crafter 1.8.3's action order (crafter/data.yaml); the index is what the game and the model use.
@@ -66,8 +68,10 @@ DEFAULT_KEYS: dict[str, tuple[str, ...]] = {
 
 def action_index(action: str | int) -> int:
     """Map an action name (or a valid index) to its index; raise ValueError listing the valid names."""
-    if isinstance(action, bool):  # bool is an int subclass; never a valid action
+    if isinstance(action, (bool, np.bool_)):  # bool is an int subclass; never a valid action
         raise ValueError(f"invalid action {action!r}; valid actions: {', '.join(ACTION_NAMES)}")
+    if isinstance(action, np.integer):  # an index read from recorded data (int16 arrays)
+        action = int(action)
     if isinstance(action, int):
         if 0 <= action < NUM_ACTIONS:
             return action
