@@ -530,7 +530,7 @@ class Session:
                 return
             st.awake = self.world.backend.encode(view[None])[0]
         st.extra["awake_light"] = float(lit[j][0])
-        st.extra["life"] = list(fit_life(energies, asleep))
+        st.extra["life"] = [*fit_life(energies, asleep), int(asleep[-1])]  # energy, fatigue, whether the player sleeps
 
     def _new_memory(self) -> MemoryBank:
         d = self.world.dit_cfg
@@ -552,7 +552,7 @@ class Session:
     def _game_actions(self, acts: list[int]) -> list[int]:
         """The actions as the game takes them (preset.life_clock): a sleep action at full energy is a noop."""
         life = self._state.extra.get("life") if self.world.preset.life_clock else None
-        if life is not None and life[0] >= ENERGY_MAX and not _asleep(self._state.frame):
+        if life is not None and life[0] >= ENERGY_MAX and not life[2]:
             return [NOOP if a == SLEEP else a for a in acts]
         return acts
 
@@ -699,26 +699,8 @@ class Session:
                     fixes += 1
             lit = frame_lighting(frames[i]) if (offset is not None or bank is not None or life is not None) else None
             if life is not None:
-                if lit is not None and lit[1] and life[0] >= ENERGY_MAX:
-                    # the game wakes a sleeper at full energy (and never puts one to sleep there): the last
-                    # awake frame comes back (drawn from this one's tiles where none is known), lit as the
-                    # clock says (or as it was)
-                    light = float(st.extra["awake_light"])
-                    want = float(daylight_at(st.frame_index + 1 + i + offset)) if offset is not None else light
-                    awake = w.backend.decode(st.awake[None])[0]
-                    out[0, i] = w.backend.encode(relight(awake, light, want)[None])[0] if want != light else st.awake
-                    frames[i] = w.backend.decode(out[0, i][None])[0]
-                    lit, woken = (want, False), woken + 1
-                elif lit is not None and lit[1] and w.preset.sleep_view:
-                    # a sleeper does not move: the game draws the world it saw awake, grey (engine.rules.sleeping_view)
-                    light = float(st.extra["awake_light"])
-                    want = float(daylight_at(st.frame_index + 1 + i + offset)) if offset is not None else light
-                    view = sleeping_view(w.backend.decode(st.awake[None])[0], light, want)
-                    if view is not None:
-                        out[0, i] = w.backend.encode(view[None])[0]
-                        frames[i] = w.backend.decode(out[0, i][None])[0]
-                        lit, drawn = (want, True), drawn + 1
-                life[:] = advance_life(life[0], life[1], lit is not None and lit[1])
+                out[0, i], frames[i], lit, kind = self._life_step(i, a, out[0, i], frames[i], lit, offset, life)
+                woken, drawn = woken + (kind == "woken"), drawn + (kind == "drawn")
             if offset is not None and lit is not None and not lit[1]:
                 # the game's clock sets the light: a generated frame lit otherwise is relit (engine.rules.relight)
                 want = float(daylight_at(st.frame_index + 1 + i + offset))
@@ -742,6 +724,36 @@ class Session:
         found.update(poses=poses, lights=lights, filled=filled, rule_fixes=fixes, relit=relit, woken=woken, asleep_drawn=drawn)
         return out, frames
 
+    def _life_step(self, i: int, action: int, z: np.ndarray, frame: np.ndarray, lit: tuple[float, bool] | None,
+                   offset: int | None, life: list) -> tuple[np.ndarray, np.ndarray, tuple[float, bool] | None, str | None]:
+        """The life clock on chunk frame i (latent z (C,g,g), frame uint8 (H,W,3), its lighting ``lit``) made by
+        ``action``: -> (z, frame, lit, "woken" | "drawn" | None), the counter ``life`` [energy, fatigue, asleep]
+        advanced in place.
+
+        Whether the player sleeps is the game's rule, not the model's guess: asleep after a sleep action or
+        asleep before, while energy is below the maximum (Player.update). A sleeper's frame is its last awake
+        view drawn as the game draws a sleeper's (preset.sleep_view); an awake player the model drew asleep
+        gets its last awake frame back. Both are lit as the day clock says (or as they were)."""
+        w, st = self.world, self._state
+        asleep = bool((life[2] or action == SLEEP) and life[0] < ENERGY_MAX)
+        kind = None
+        light = float(st.extra["awake_light"])
+        want = float(daylight_at(st.frame_index + 1 + i + offset)) if offset is not None else light
+        if asleep and w.preset.sleep_view:
+            # a sleeper does not move: the game draws the world it saw awake, grey (engine.rules.sleeping_view)
+            view = sleeping_view(w.backend.decode(st.awake[None])[0], light, want)
+            if view is not None:
+                z, kind = w.backend.encode(view[None])[0], "drawn"
+        elif not asleep and lit is not None and lit[1]:
+            # the game woke the player (energy full) or never put it to sleep: its last awake frame
+            z = w.backend.encode(relight(w.backend.decode(st.awake[None])[0], light, want)[None])[0] if want != light else st.awake
+            kind = "woken"
+        if kind is not None:
+            frame, lit = w.backend.decode(z[None])[0], (want, asleep)
+        life[0], life[1] = advance_life(life[0], life[1], asleep)
+        life[2] = int(asleep)
+        return z, frame, lit, kind
+
     def _move(self, prev: np.ndarray, frame: np.ndarray, action: int, walkable: bool | None) -> np.ndarray:
         """The player's move (dx, dy) int64 (2,) from ``prev`` to ``frame`` (uint8 (H,W,3)) under ``action``.
 
@@ -761,12 +773,6 @@ class Session:
         while len(self._mem_px) > 32:
             self._mem_px.pop(next(iter(self._mem_px)))
         return px
-
-
-def _asleep(frame: np.ndarray) -> bool:
-    """Whether a frame uint8 (H,W,3) shows its player asleep (False where it cannot be read)."""
-    lit = frame_lighting(frame)
-    return lit is not None and lit[1]
 
 
 NOOP, SLEEP = ACTION_NAMES.index("noop"), ACTION_NAMES.index("sleep")

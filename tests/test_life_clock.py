@@ -121,6 +121,7 @@ def test_a_sleep_action_at_full_energy_is_a_noop(tmp_path, sleeper):
     seen.clear()  # the context's commit
     sess.step("sleep")
     assert seen and all(int(x[0, 0]) == NOOP for x in seen)
+    assert sess._state.extra["life"][2] == 0  # the game ignored it: awake
     sess._state.extra["life"][0] = ENERGY_MAX - 1
     seen.clear()
     sess.step("sleep")
@@ -197,3 +198,27 @@ def test_a_context_that_only_sleeps_wakes_to_its_tiles_drawn_awake(tmp_path):
         assert (classify_tiles(view, d, False) == classify_tiles(awake)).mean() >= 62 / 63
         np.testing.assert_array_equal(read_inventory(view), read_inventory(awake))
     np.testing.assert_array_equal(rendered_awake_view(asleep, 1.0)[:56], awake[:56])  # by day: the game's own pixels
+
+
+def test_the_game_not_the_model_says_when_the_player_sleeps(tmp_path, sleeper):
+    """A model that never sleeps: after a sleep action with energy to spare the session draws the sleeper's
+    view until the step the game wakes it, then the model's frames again; with the life clock off the player
+    never sleeps."""
+    f, a, s = sleeper["frames"], sleeper["actions"], sleeper["asleep"]
+    fell = int(np.flatnonzero(s)[0])
+    woke = int(np.flatnonzero(s[fell:] == 0)[0]) + fell
+    ctx = slice(fell - 40, fell)  # ends on the last awake frame, before the sleep action
+    assert a[fell - 1] == SLEEP
+    for life in (True, False):
+        w, _ = _world(tmp_path, life, f[ctx])
+        sess = w.new_session(f[ctx], [int(x) for x in a[ctx][:-1]] + [None], seed=0)
+        got = np.stack([sess.step(ACTION_NAMES[int(x)]) for x in list(a[fell - 1:woke]) + [NOOP] * 3])  # frames fell .. woke+3
+        asleep = np.array([frame_lighting(x)[1] for x in got])
+        if life:
+            np.testing.assert_array_equal(asleep[:woke + 1 - fell], s[fell:woke + 1])
+            assert not asleep[woke - fell:].any()
+            light = frame_lighting(f[fell - 1])[0]
+            np.testing.assert_array_equal(got[0], sleeping_view(f[fell - 1], light, light))
+            np.testing.assert_array_equal(got[woke - fell], f[fell - 1])
+        else:
+            assert not asleep.any()
