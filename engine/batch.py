@@ -50,9 +50,10 @@ class SessionBatch:
         world = sessions[0].world
         if any(s.world is not world for s in sessions):
             raise ValueError("all sessions of a batch must belong to the same World object (same weights, backend and preset)")
-        if world.memory_config is not None:
+        if world.preset.memory > 0:
             # batched stepping reads no memory slots: refuse rather than silently drop what the sessions remember
-            raise ValueError(f"SessionBatch does not support memory (preset {world.preset_name!r} reads {world.preset.memory} "
+            # (the fill alone, preset.memory_fill, needs no slots: each session's bank fills and observes as alone)
+            raise ValueError(f"SessionBatch does not support memory slots (preset {world.preset_name!r} reads {world.preset.memory} "
                              "memory frames); step memory sessions one at a time")
         self.sessions = sessions
         self.world = world
@@ -111,7 +112,8 @@ class SessionBatch:
         x0 = np.asarray(x, np.float32)
         t1 = time.perf_counter()
         # decode + the game's rules, per session exactly as Session._step_chunk does (so a batch == its sessions)
-        done = [s._finish(x0[i:i + 1], a[i].tolist(), {}) for i, s in enumerate(self.sessions)]
+        found: list[dict] = [{} for _ in self.sessions]
+        done = [s._finish(x0[i:i + 1], a[i].tolist(), found[i]) for i, s in enumerate(self.sessions)]
         x0 = np.concatenate([z for z, _ in done])
         frames = np.stack([f for _, f in done])  # (S,k,H,W,3)
         t_dec = time.perf_counter()
@@ -136,6 +138,9 @@ class SessionBatch:
             st.frame_index += k
             st.frame = frames[i, -1].copy()
             st.latent = x0[i, -1].copy()
+            if st.memory is not None:  # the fill's bank sees the new frames, as Session._step_chunk_memory does
+                for j in range(k):
+                    st.memory.observe(x0[i, j], firsts[i] + j, found[i]["poses"][j], float(found[i]["lights"][j]))
             s.timings = dict(self.timings)
             out.append(frames[i, 0].copy() if single else frames[i].copy())
         return out

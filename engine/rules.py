@@ -169,7 +169,8 @@ def advance_life(energy: int, fatigue: int, asleep: bool) -> tuple[int, int]:
 def fit_life(energies: np.ndarray, asleep: np.ndarray) -> tuple[int, int]:
     """The (energy, fatigue) of the last of consecutive real frames from the energies (T,) they show and whether
     their player sleeps (T,). The counter is hidden: it is known from the last frame whose energy changed (the
-    counter was reset there) and otherwise taken at the middle of its range (15 awake, -5 asleep)."""
+    counter was reset there) and otherwise taken where it best predicts the game's sleep over the next 32 steps
+    of the training recordings (22 of 0..30 awake: 99.2% of frames vs 99.0% at mid-range; -5 of -10..0 asleep)."""
     e = np.asarray(energies, np.int64)
     s = np.asarray(asleep, bool)
     fatigue: int | None = None
@@ -179,7 +180,7 @@ def fit_life(energies: np.ndarray, asleep: np.ndarray) -> tuple[int, int]:
         elif fatigue is not None:
             fatigue = advance_life(int(e[t]), fatigue, bool(s[t]))[1]
     if fatigue is None:
-        fatigue = -5 if s[-1] else 15
+        fatigue = -5 if s[-1] else 22
     return int(e[-1]), fatigue
 
 

@@ -70,7 +70,7 @@ class RuntimePreset:
 # `fast` keeps 8 of the 15: same quick-eval quality as 15 on the shipped world, 34 vs 23 fps on one thread.
 # `memory` keeps 15: placed blocks came back in 26% of revisit frames at 15, 11% at 8 (quick eval, 27 frames).
 RUNTIME_PRESETS: dict[str, RuntimePreset] = {
-    "fast": RuntimePreset("fast", steps=1, window=8, warm=0.5),
+    "fast": RuntimePreset("fast", steps=1, window=8, warm=0.5, memory_fill=True),
     "quality": RuntimePreset("quality", steps=4, window=15, stochastic=True),
     # persistent objects beyond the window: for worlds trained with memory frames (TrainConfig.memory_frames)
     # the day clock off: relit frames cost the revisits (placed block back in 5.5% of frames with it, 16.1% without,
@@ -633,7 +633,7 @@ class Session:
         first = st.frame_index + 1
         t0 = time.perf_counter()
         targets = predicted_poses(bank.current_pose, acts)  # where the player will be if its moves succeed
-        rows = bank.retrieve(targets, first, w.preset.window)
+        rows = bank.retrieve(targets, first, w.preset.window) if w.preset.memory > 0 else np.zeros(0, np.int64)  # the fill alone reads no slots
         past_t, past_valid = st.cache.inputs(first)
         past_k, past_v, shift = st.cache.k, st.cache.v, np.zeros((1, st.cache.slots, 2), np.float32)
         if len(rows):  # only frames that need memory pay for it: the slot axis is dynamic

@@ -415,12 +415,14 @@ def test_default_model_and_loss_match_the_pre_memory_code(preset):
 # the engine
 
 
-def test_memory_is_off_by_default_and_a_memoryless_step_is_unchanged(world_dir):
-    plain = World.load(world_dir, backend="torch", **T1)
+def test_memory_slots_are_off_by_default_and_a_memoryless_step_is_unchanged(world_dir):
+    # the default preset (fast) keeps a bank for the fill alone: no slots
+    assert World.load(world_dir, backend="torch", **T1).memory_config.slots == 0
+    plain = World.load(world_dir, backend="torch", memory_fill=False, **T1)
     assert plain.memory_config is None and plain.preset.memory == 0
     s0 = plain.new_session(seed=4)
     assert s0.snapshot().memory is None
-    mem = World.load(world_dir, backend="torch", memory=2, **T1)
+    mem = World.load(world_dir, backend="torch", memory=2, memory_fill=False, **T1)
     s1 = mem.new_session(seed=4)
     # non-moves never need memory: the memory path then gives bit-identical frames
     for a in ["noop", "do", "noop", "place_stone", "sleep", "noop"] * 2:
@@ -449,7 +451,8 @@ def test_memory_frames_reach_the_model_exactly(world_dir):
     frame equals one computed by hand from the cache plus that memory slot (its keys/values from a pass over
     it alone, time = its frame - the new frame's, shift = memory_shift(its pose, the predicted pose))."""
     # the memory slots alone: no fill, no rules (they edit the frame after the model), no warm start (pure noise)
-    world = World.load(world_dir, backend="torch", memory=2, block_rule=False, day_clock=False, warm=0.0, **T1)
+    world = World.load(world_dir, backend="torch", memory=2, memory_fill=False, block_rule=False, day_clock=False, life_clock=False,
+                       warm=0.0, **T1)
     s = world.new_session(seed=7)
     for a in ["noop"] * 12:
         s.step(a)
@@ -517,7 +520,7 @@ def test_snapshot_restore_and_save_load_with_memory(world_dir, tmp_path):
     assert np.array_equal(loaded.snapshot().memory.latents, s.snapshot().memory.latents)
     assert all(np.array_equal(s.step(a), loaded.step(a)) for a in more)
     # a memoryless world drops the memory; a memory world given a memoryless session starts remembering
-    plain = World.load(world_dir)
+    plain = World.load(world_dir, memory_fill=False)
     assert plain.load_session(path).snapshot().memory is None
     s0 = plain.new_session(seed=1)
     s0.step("noop")
@@ -571,11 +574,26 @@ def test_sessions_see_memory_config_from_the_preset(world_dir):
 
 
 def test_session_batch_refuses_memory_sessions(tmp_path):
-    """Batched stepping reads no memory: it must refuse memory sessions instead of silently ignoring them."""
+    """Batched stepping reads no memory slots: it must refuse sessions that read them instead of silently
+    ignoring them. The fill alone (the fast preset) needs no slots: a batch steps its sessions as alone, banks
+    included."""
     from engine import World
     from engine.batch import SessionBatch
     from engine.testing import make_tiny_world
 
-    world = World.load(make_tiny_world(tmp_path / "w"), backend="onnxruntime", preset="memory", threads=1)
+    path = make_tiny_world(tmp_path / "w")
+    world = World.load(path, backend="onnxruntime", preset="memory", threads=1)
     with pytest.raises(ValueError, match="memory"):
         SessionBatch([world.new_session(seed=0), world.new_session(seed=1)])
+    fast = World.load(path, backend="onnxruntime", preset="fast", threads=1)
+    assert fast.memory_config is not None and fast.memory_config.fill and fast.memory_config.slots == 0
+    solo = [fast.new_session(seed=i) for i in range(2)]
+    batch = SessionBatch([fast.new_session(seed=i) for i in range(2)])
+    for step in (["move_left", "move_up"], ["move_left", "do"], ["move_right", "move_down"]) * 3:
+        for s, got, act in zip(solo, batch.step(step), step):
+            np.testing.assert_array_equal(s.step(act), got)
+    for s, b in zip(solo, batch.sessions):
+        a, c = s.snapshot().memory, b.snapshot().memory
+        assert len(a) == len(c) > 0
+        np.testing.assert_array_equal(a.pose, c.pose)
+        np.testing.assert_array_equal(a.latents, c.latents)
