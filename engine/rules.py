@@ -226,3 +226,22 @@ def sleeping_view(awake: np.ndarray, daylight_from: float, daylight_to: float, v
     grey = np.rint(lit[:h].astype(np.float64) @ _LUMA)[..., None]
     out[:h] = np.clip(np.floor(0.5 * grey + 0.5 * _SLEEP_TINT), 0, 255).astype(np.uint8)
     return out
+
+
+def energy_slot(size: int) -> tuple[int, int, int, slice, slice]:
+    """Where Crafter's inventory shows the energy in a frame of ``size`` pixels: -> (item index, token row,
+    token column, pixel rows, pixel columns) (one latent token per tile)."""
+    from worldsim.eval.tiles import GRID, INVENTORY_ITEMS, VIEW_ROWS, get_classifier
+
+    clf = get_classifier(int(size))
+    item = INVENTORY_ITEMS.index("energy")
+    r, c = divmod(item, GRID)
+    u, b = clf.unit, clf.border
+    return item, VIEW_ROWS + r, c, slice(b + (VIEW_ROWS + r) * u, b + (VIEW_ROWS + r + 1) * u), slice(b + c * u, b + (c + 1) * u)
+
+
+def draw_energy(frame: np.ndarray, energy: int) -> np.ndarray:
+    """The frame uint8 (S,S,3) with its inventory's energy drawn as ``energy``, as the game draws it."""
+    from worldsim.eval.tiles import get_classifier
+
+    return get_classifier(int(frame.shape[0])).draw_inventory_count(frame, energy_slot(frame.shape[0])[0], int(energy))

@@ -24,7 +24,7 @@ import numpy as np
 from engine.backends import BACKENDS, BackendUnavailable, OrtBackend, TorchBackend, ensure_onnx_graphs, tensorrt_unavailable_reason
 from engine.cache import RingKVCache
 from engine.rules import (DAY_CLOCK_TOLERANCE, ENERGY_MAX, advance_life, enforce_blocked_move, fit_clock, fit_life, read_energy,
-                          relight, rendered_awake_view, sleeping_view, warm_start)
+                          draw_energy, energy_slot, relight, rendered_awake_view, sleeping_view, warm_start)
 from engine.memory import MemoryBank, MemoryConfig, MemoryKV, fill_uncovered, memory_slots, predicted_poses, slot_shift
 from worldsim.actions import ACTION_NAMES, NULL_ACTION, action_index
 from worldsim.diffusion import FlowSampler
@@ -410,6 +410,7 @@ class Session:
         self.seed = int(seed)
         self._rng = np.random.Generator(np.random.PCG64(self.seed))
         self._state: SessionState | None = None
+        self._energy_px: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # the energy slot's token and pixels per count
         self.timings: dict[str, float] = {}
         self._mem_cfg = world.memory_config
         self._mem_kv = MemoryKV(keep=4 * self._mem_cfg.slots + 8) if self._mem_cfg is not None else None
@@ -733,7 +734,8 @@ class Session:
         Whether the player sleeps is the game's rule, not the model's guess: asleep after a sleep action or
         asleep before, while energy is below the maximum (Player.update). A sleeper's frame is its last awake
         view drawn as the game draws a sleeper's (preset.sleep_view); an awake player the model drew asleep
-        gets its last awake frame back. Both are lit as the day clock says (or as they were)."""
+        gets its last awake frame back. Both are lit as the day clock says (or as they were). The inventory shows
+        the counter's energy."""
         w, st = self.world, self._state
         asleep = bool((life[2] or action == SLEEP) and life[0] < ENERGY_MAX)
         kind = None
@@ -752,7 +754,30 @@ class Session:
             frame, lit = w.backend.decode(z[None])[0], (want, asleep)
         life[0], life[1] = advance_life(life[0], life[1], asleep)
         life[2] = int(asleep)
+        # the frame shows the energy after this step's update, as the game's: the model copies the inventory it
+        # saw (its energy never moved). One token per tile: the slot's token and pixels are swapped in, no pass
+        token, pixels, rows, cols = self._energy_tile(frame, life[0])
+        if token is not None:
+            z = z.copy()
+            z[:, rows[0], rows[1]] = token
+            frame = frame.copy()
+            frame[cols[0], cols[1]] = pixels
         return z, frame, lit, kind
+
+    def _energy_tile(self, frame: np.ndarray, energy: int) -> tuple:
+        """The latent token (C,) and decoded pixels (u,u,3) of the inventory's energy slot showing ``energy``
+        (cached per count: computed once from ``frame`` with the slot drawn), its token (row, col) and its
+        pixel (rows, cols) slices; (None, ...) where the frame is not Crafter's size."""
+        try:
+            _, r, c, ys, xs = energy_slot(frame.shape[0])
+        except (ImportError, ValueError, IndexError):
+            return None, None, None, None
+        hit = self._energy_px.get(int(energy))
+        if hit is None:
+            be = self.world.backend
+            z = be.encode(draw_energy(frame, energy)[None])
+            hit = self._energy_px[int(energy)] = (z[0][:, r, c].copy(), be.decode(z)[0][ys, xs].copy())
+        return hit[0], hit[1], (r, c), (ys, xs)
 
     def _move(self, prev: np.ndarray, frame: np.ndarray, action: int, walkable: bool | None) -> np.ndarray:
         """The player's move (dx, dy) int64 (2,) from ``prev`` to ``frame`` (uint8 (H,W,3)) under ``action``.

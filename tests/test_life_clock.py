@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine import World
-from engine.rules import ENERGY_MAX, advance_life, fit_life, read_energy, sleeping_view
+from engine.rules import ENERGY_MAX, advance_life, draw_energy, fit_life, read_energy, sleeping_view
 from engine.testing import exact_codec, make_tiny_world
 from worldsim.actions import ACTION_NAMES, action_index
 from worldsim.memory import frame_lighting
@@ -55,6 +55,14 @@ def test_the_counter_follows_the_game_s_energy_and_wake(sleeper):
             assert not s[t] and t > fell
         energy, fatigue = advance_life(energy, fatigue, bool(s[t]))
         assert energy == e[t], f"step {t}: counter {energy}, game {e[t]}"
+    # the engine draws an energy count as the game does (its slot's pixels), and reads it back
+    from engine.rules import energy_slot
+
+    _, _, _, ys, xs = energy_slot(72)
+    for t in (int(np.argmin(e)), first):
+        drawn = draw_energy(sleeper["frames"][0], e[t])
+        np.testing.assert_array_equal(drawn[ys, xs], sleeper["frames"][t][ys, xs])
+        assert read_energy(drawn[None])[0] == e[t]
     # without a change in the context the counter starts at its prior
     assert fit_life(np.full(5, 9), np.zeros(5, bool)) == (9, 22)
     assert fit_life(np.full(5, 6), np.ones(5, bool)) == (6, -5)
@@ -100,16 +108,18 @@ def test_session_wakes_a_sleeper_when_the_game_would(tmp_path, sleeper):
     lit = np.array([frame_lighting(x)[1] for x in got[True]])
     first_awake = int(np.flatnonzero(~lit)[0]) + ctx.stop
     assert first_awake == woke and not lit[woke - ctx.stop:].any()
-    np.testing.assert_array_equal(got[True][woke - ctx.stop], f[fell - 1])  # the last awake frame (same light: no clock)
+    # the last awake frame (same light: no clock), showing the game's energy, as every frame does
+    np.testing.assert_array_equal(got[True][woke - ctx.stop], draw_energy(f[fell - 1], e[woke]))
+    np.testing.assert_array_equal(read_energy(np.stack(got[True]))[:len(e) - ctx.stop], e[ctx.stop:])
     assert all(frame_lighting(x)[1] for x in got[False])
     # until then the sleeper sees its last awake view, drawn as the game draws a sleeper's (sleep_view), not
     # the model's frame (which sleep_view=False keeps)
     light = frame_lighting(f[fell - 1])[0]
-    for x in got[True][:woke - ctx.stop]:
-        np.testing.assert_array_equal(x, sleeping_view(f[fell - 1], light, light))
+    for t, x in enumerate(got[True][:woke - ctx.stop], ctx.stop):
+        np.testing.assert_array_equal(x, draw_energy(sleeping_view(f[fell - 1], light, light), e[t]))
     w, _ = _world(tmp_path, True, f[ctx], sleep_view=False)
     sess = w.new_session(f[ctx], [int(x) for x in a[ctx][:-1]] + [None], seed=0)
-    np.testing.assert_array_equal(sess.step("noop"), f[ctx.stop - 1])
+    np.testing.assert_array_equal(sess.step("noop"), draw_energy(f[ctx.stop - 1], e[ctx.stop]))
 
 
 def test_a_sleep_action_at_full_energy_is_a_noop(tmp_path, sleeper):
@@ -204,7 +214,7 @@ def test_the_game_not_the_model_says_when_the_player_sleeps(tmp_path, sleeper):
     """A model that never sleeps: after a sleep action with energy to spare the session draws the sleeper's
     view until the step the game wakes it, then the model's frames again; with the life clock off the player
     never sleeps."""
-    f, a, s = sleeper["frames"], sleeper["actions"], sleeper["asleep"]
+    f, a, s, e = sleeper["frames"], sleeper["actions"], sleeper["asleep"], sleeper["energy"]
     fell = int(np.flatnonzero(s)[0])
     woke = int(np.flatnonzero(s[fell:] == 0)[0]) + fell
     ctx = slice(fell - 40, fell)  # ends on the last awake frame, before the sleep action
@@ -218,7 +228,8 @@ def test_the_game_not_the_model_says_when_the_player_sleeps(tmp_path, sleeper):
             np.testing.assert_array_equal(asleep[:woke + 1 - fell], s[fell:woke + 1])
             assert not asleep[woke - fell:].any()
             light = frame_lighting(f[fell - 1])[0]
-            np.testing.assert_array_equal(got[0], sleeping_view(f[fell - 1], light, light))
-            np.testing.assert_array_equal(got[woke - fell], f[fell - 1])
+            np.testing.assert_array_equal(got[0], draw_energy(sleeping_view(f[fell - 1], light, light), e[fell]))
+            np.testing.assert_array_equal(got[woke - fell], draw_energy(f[fell - 1], e[woke]))
+            np.testing.assert_array_equal(read_energy(got)[:woke + 1 - fell], e[fell:woke + 1])
         else:
             assert not asleep.any()

@@ -512,6 +512,19 @@ class TileClassifier:
              + np.einsum("ind,ind->in", atlas, atlas)[None])
         return d.argmin(-1).reshape(lead + (len(INVENTORY_ITEMS),))
 
+    def draw_inventory_count(self, frame: np.ndarray, item: int, count: int) -> np.ndarray:
+        """A copy of frame uint8 (H, W, 3) whose inventory slot of ``item`` (INVENTORY_ITEMS index) shows
+        ``count`` (0 = empty), drawn as the game draws it (the inventory is never lit)."""
+        if not 0 <= int(count) <= 9 or not 0 <= int(item) < len(INVENTORY_ITEMS):
+            raise ValueError(f"inventory item {item} / count {count} out of range")
+        self._check(np.asarray(frame)[None])
+        u, b = self.unit, self.border
+        r, c = divmod(int(item), GRID)
+        out = np.array(frame, copy=True)
+        y, x = b + (VIEW_ROWS + r) * u, b + c * u
+        out[y:y + u, x:x + u] = self._item_atlas[int(item), int(count)]
+        return out
+
     def render(self, labels: np.ndarray, daylight: float = 1.0, inventory: Sequence[int] | None = None) -> np.ndarray:
         """Draw a frame uint8 (H, W, 3) from semantic ids (7, 9) by day (objects stand on grass/path)."""
         labels = np.asarray(labels)
