@@ -71,7 +71,7 @@ class RuntimePreset:
 # `memory` keeps 15: placed blocks came back in 26% of revisit frames at 15, 11% at 8 (quick eval, 27 frames).
 RUNTIME_PRESETS: dict[str, RuntimePreset] = {
     "fast": RuntimePreset("fast", steps=1, window=8, warm=0.5, memory_fill=True),
-    "quality": RuntimePreset("quality", steps=4, window=15, stochastic=True),
+    "quality": RuntimePreset("quality", steps=4, window=15, stochastic=True, memory_fill=True),
     # persistent objects beyond the window: for worlds trained with memory frames (TrainConfig.memory_frames)
     # the day clock off: relit frames cost the revisits (placed block back in 5.5% of frames with it, 16.1% without,
     # full eval, session 5); the warm start off too (5.7% with it)
