@@ -217,9 +217,8 @@ def sleeping_view(awake: np.ndarray, daylight_from: float, daylight_to: float, v
         sprite = next(i for i, t in enumerate(clf.templates) if t.label == PLAYER and t.material == ground and t.sprite == "player-sleep")
     except (ImportError, ValueError, AttributeError, IndexError, StopIteration):
         return None
-    u, b = clf.unit, clf.border
     unlit = relight(awake, daylight_from, 1.0, view_rows) if daylight_from != 1.0 else awake.copy()
-    unlit[b + PLAYER_ROW * u:b + (PLAYER_ROW + 1) * u, b + PLAYER_COL * u:b + (PLAYER_COL + 1) * u] = clf.atlas[sprite]
+    unlit[clf.tile_pixels(PLAYER_ROW, PLAYER_COL)] = clf.atlas[sprite]
     lit = relight(unlit, 1.0, daylight_to, view_rows) if daylight_to != 1.0 else unlit
     h = view_rows * (awake.shape[0] // 9)
     out = lit.copy()
@@ -231,13 +230,12 @@ def sleeping_view(awake: np.ndarray, daylight_from: float, daylight_to: float, v
 def energy_slot(size: int) -> tuple[int, int, int, slice, slice]:
     """Where Crafter's inventory shows the energy in a frame of ``size`` pixels: -> (item index, token row,
     token column, pixel rows, pixel columns) (one latent token per tile)."""
-    from worldsim.eval.tiles import GRID, INVENTORY_ITEMS, VIEW_ROWS, get_classifier
+    from worldsim.eval.tiles import INVENTORY_ITEMS, get_classifier
 
     clf = get_classifier(int(size))
     item = INVENTORY_ITEMS.index("energy")
-    r, c = divmod(item, GRID)
-    u, b = clf.unit, clf.border
-    return item, VIEW_ROWS + r, c, slice(b + (VIEW_ROWS + r) * u, b + (VIEW_ROWS + r + 1) * u), slice(b + c * u, b + (c + 1) * u)
+    r, c = clf.inventory_tile(item)
+    return (item, r, c, *clf.tile_pixels(r, c))
 
 
 def draw_energy(frame: np.ndarray, energy: int) -> np.ndarray:

@@ -495,13 +495,15 @@ class Session:
         cache = self._new_cache()
         self._state = SessionState(T - 1, cache, frames[-1].copy(), z[-1].copy(), {})
         self._commit(z[None], model_acts, first)
-        lights = [_light(f, awake_only=True) for f in frames] if (self._mem_cfg is not None or self.world.preset.day_clock) else []
+        rules = self.world.preset
+        lits = [frame_lighting(f) for f in frames] if (self._mem_cfg is not None or rules.day_clock or rules.life_clock) else []
+        lights = [float("nan") if lt is None or lt[1] else lt[0] for lt in lits]  # awake frames only
         if self.world.preset.day_clock:
             step = fit_clock(np.array(lights[-self.world.preset.window - 1:]))  # the game's step count (mod 300) of the last frame
             if step is not None:
                 self._state.extra["day_offset"] = step - (T - 1)  # frame f is at step f + day_offset
         if self.world.preset.life_clock:
-            self._start_life(frames, z, first)
+            self._start_life(frames, lits, z, first)
         if self._mem_cfg is not None:
             # every context frame enters the bank (those older than the window too), at poses tracked from (0, 0)
             z_all = be.encode(frames[:first]) if first > 0 else z[:0]
@@ -511,11 +513,11 @@ class Session:
                 bank.observe(z_all[i], i, p, lights[i])
             self._state.memory = bank
 
-    def _start_life(self, frames: np.ndarray, z: np.ndarray, first: int) -> None:
-        """The life clock's state from the context frames uint8 (T,H,W,3) (z: the latents of frames[first:]):
-        energy and fatigue (engine.rules.fit_life) and the last awake frame; off where the frames cannot be read."""
+    def _start_life(self, frames: np.ndarray, lit: list, z: np.ndarray, first: int) -> None:
+        """The life clock's state from the context frames uint8 (T,H,W,3), their frame_lighting ``lit`` and z, the
+        latents of frames[first:]: energy and fatigue (engine.rules.fit_life) and the last awake frame; off where the
+        frames cannot be read."""
         energies = read_energy(frames)
-        lit = [frame_lighting(f) for f in frames]
         if energies is None or lit[-1] is None:
             return
         asleep = np.array([lt is not None and lt[1] for lt in lit])
@@ -699,12 +701,12 @@ class Session:
                     out[0, i], frames[i] = z, w.backend.decode(z[None])[0]
                     fixes += 1
             lit = frame_lighting(frames[i]) if (offset is not None or bank is not None or life is not None) else None
+            want = float(daylight_at(st.frame_index + 1 + i + offset)) if offset is not None else None  # the clock's light
             if life is not None:
-                out[0, i], frames[i], lit, kind = self._life_step(i, a, out[0, i], frames[i], lit, offset, life)
+                out[0, i], frames[i], lit, kind = self._life_step(a, out[0, i], frames[i], lit, want, life)
                 woken, drawn = woken + (kind == "woken"), drawn + (kind == "drawn")
-            if offset is not None and lit is not None and not lit[1]:
+            if want is not None and lit is not None and not lit[1]:
                 # the game's clock sets the light: a generated frame lit otherwise is relit (engine.rules.relight)
-                want = float(daylight_at(st.frame_index + 1 + i + offset))
                 if abs(lit[0] - want) > DAY_CLOCK_TOLERANCE:
                     z = w.backend.encode(relight(frames[i], lit[0], want)[None])[0]
                     out[0, i], frames[i] = z, w.backend.decode(z[None])[0]
@@ -725,11 +727,11 @@ class Session:
         found.update(poses=poses, lights=lights, filled=filled, rule_fixes=fixes, relit=relit, woken=woken, asleep_drawn=drawn)
         return out, frames
 
-    def _life_step(self, i: int, action: int, z: np.ndarray, frame: np.ndarray, lit: tuple[float, bool] | None,
-                   offset: int | None, life: list) -> tuple[np.ndarray, np.ndarray, tuple[float, bool] | None, str | None]:
-        """The life clock on chunk frame i (latent z (C,g,g), frame uint8 (H,W,3), its lighting ``lit``) made by
-        ``action``: -> (z, frame, lit, "woken" | "drawn" | None), the counter ``life`` [energy, fatigue, asleep]
-        advanced in place.
+    def _life_step(self, action: int, z: np.ndarray, frame: np.ndarray, lit: tuple[float, bool] | None,
+                   clock: float | None, life: list) -> tuple[np.ndarray, np.ndarray, tuple[float, bool] | None, str | None]:
+        """The life clock on a frame (latent z (C,g,g), frame uint8 (H,W,3), its lighting ``lit``; ``clock``: the
+        day clock's daylight for it, None without the clock) made by ``action``: -> (z, frame, lit, "woken" |
+        "drawn" | None), the counter ``life`` [energy, fatigue, asleep] advanced in place.
 
         Whether the player sleeps is the game's rule, not the model's guess: asleep after a sleep action or
         asleep before, while energy is below the maximum (Player.update). A sleeper's frame is its last awake
@@ -738,9 +740,9 @@ class Session:
         the counter's energy."""
         w, st = self.world, self._state
         asleep = bool((life[2] or action == SLEEP) and life[0] < ENERGY_MAX)
-        kind = None
         light = float(st.extra["awake_light"])
-        want = float(daylight_at(st.frame_index + 1 + i + offset)) if offset is not None else light
+        want = light if clock is None else clock
+        kind = None
         if asleep and w.preset.sleep_view:
             # a sleeper does not move: the game draws the world it saw awake, grey (engine.rules.sleeping_view)
             view = sleeping_view(w.backend.decode(st.awake[None])[0], light, want)

@@ -5,9 +5,9 @@ Alignment (used everywhere): action ``a_t`` is taken on frame ``t`` and produces
 
 from __future__ import annotations
 
-import numpy as np
-
 from collections.abc import Iterable, Sequence
+
+import numpy as np
 
 # Crafter 1.8.3's action order (crafter/data.yaml); the index is what the game and the model use.
 ACTION_NAMES: tuple[str, ...] = (

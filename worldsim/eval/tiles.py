@@ -512,17 +512,25 @@ class TileClassifier:
              + np.einsum("ind,ind->in", atlas, atlas)[None])
         return d.argmin(-1).reshape(lead + (len(INVENTORY_ITEMS),))
 
+    def tile_pixels(self, row: int, col: int) -> tuple[slice, slice]:
+        """The pixel (rows, cols) of screen tile (row, col) of the 9x9 grid (world view above, inventory below)."""
+        u, b = self.unit, self.border
+        return slice(b + row * u, b + (row + 1) * u), slice(b + col * u, b + (col + 1) * u)
+
+    @staticmethod
+    def inventory_tile(item: int) -> tuple[int, int]:
+        """The screen tile (row, col) where the game draws inventory slot ``item`` (INVENTORY_ITEMS index)."""
+        r, c = divmod(int(item), GRID)
+        return VIEW_ROWS + r, c
+
     def draw_inventory_count(self, frame: np.ndarray, item: int, count: int) -> np.ndarray:
         """A copy of frame uint8 (H, W, 3) whose inventory slot of ``item`` (INVENTORY_ITEMS index) shows
         ``count`` (0 = empty), drawn as the game draws it (the inventory is never lit)."""
         if not 0 <= int(count) <= 9 or not 0 <= int(item) < len(INVENTORY_ITEMS):
             raise ValueError(f"inventory item {item} / count {count} out of range")
         self._check(np.asarray(frame)[None])
-        u, b = self.unit, self.border
-        r, c = divmod(int(item), GRID)
         out = np.array(frame, copy=True)
-        y, x = b + (VIEW_ROWS + r) * u, b + c * u
-        out[y:y + u, x:x + u] = self._item_atlas[int(item), int(count)]
+        out[self.tile_pixels(*self.inventory_tile(item))] = self._item_atlas[int(item), int(count)]
         return out
 
     def render(self, labels: np.ndarray, daylight: float = 1.0, inventory: Sequence[int] | None = None) -> np.ndarray:
@@ -550,13 +558,10 @@ class TileClassifier:
         frame = np.zeros((self.size, self.size, 3), np.uint8)
         frame[b:b + VIEW_ROWS * u, b:b + VIEW_COLS * u] = view.astype(np.uint8)
         if inventory is not None:
-            inv = np.zeros((2 * u, GRID * u, 3), np.uint8)
             for i, n in enumerate(inventory):
                 if not 0 <= int(n) <= 9:
                     raise ValueError(f"inventory count {n} for {INVENTORY_ITEMS[i]} must lie in 0..9")
-                r, c = divmod(i, GRID)
-                inv[r * u:(r + 1) * u, c * u:(c + 1) * u] = self._item_atlas[i, int(n)]
-            frame[b + VIEW_ROWS * u:b + GRID * u, b:b + GRID * u] = inv
+                frame[self.tile_pixels(*self.inventory_tile(i))] = self._item_atlas[i, int(n)]
         return frame
 
     def _check(self, frames: np.ndarray) -> np.ndarray:
