@@ -30,6 +30,16 @@ model continues from the corrected frame (Session._finish):
   view as the grey of the lit world it saw (``sleeping_view``, exact by day); the model drew it nearly black and
   lost the scene (persistent tiles of sleeping frames 64.6% over 32 frames, copy-last 90.4%). A frame that
   shows the player asleep is drawn from the last awake frame at the clock's daylight instead.
+- **Tile holds** (``tile_hold``). Crafter's materials (grass, sand, water, stone, trees, tables...) change
+  only where the player acts: the tile it faces when it collects or places; a plant grows only where one was
+  planted; creatures step one tile at a time and appear in view only by walking in (the game spawns them 5-7
+  tiles from the player or farther). The model redrew whole tiles it had in view (a grass tile turned water a
+  few frames later, a sapling appeared in front of the player), lost creatures, and in open loop one such tile
+  also blocks or frees the player's path, so the generated walk left the real one (revisits: the session's pose
+  left the game's within 3-20 frames of the placing). ``hold_tiles`` reads the tiles of the frame before and
+  the new one (the nearest-texture classifier, ~0.5 ms a frame) and puts the previous frame's token back where
+  the game could not have made the change (one token per tile: it moves with the view unchanged). The player's
+  tile and, for an action that can change terrain, the four tiles around it are left to the model.
 """
 
 from __future__ import annotations
@@ -40,8 +50,8 @@ import numpy as np
 
 from worldsim.eval.tiles import daylight_at
 from worldsim.actions import ACTION_NAMES
-from worldsim.memory import (PLAYER_COL, PLAYER_ROW, estimate_move, frame_lighting, move_delta, moved_view,
-                             target_walkable)
+from worldsim.memory import (PLAYER_COL, PLAYER_ROW, VIEW_COLS, VIEW_ROWS, estimate_move, frame_lighting, move_delta, moved_view,
+                             read_view_tiles, target_walkable)
 
 
 _READ = object()  # enforce_blocked_move's default: read the rule here
@@ -80,6 +90,111 @@ def warm_start(prev_latent: np.ndarray, prev_frame: np.ndarray, action: int) -> 
     if (dx, dy) == (0, 0) or not target_walkable(prev_frame, action):
         return out
     return moved_view(out, dx, dy)
+
+
+# ---------------------------------------------------------------------------------------------------
+# terrain holds (see the module docstring)
+
+# actions that can change the terrain the player faces: collecting (stone, coal... become path) and placing
+TERRAIN_ACTIONS = frozenset(i for i, n in enumerate(ACTION_NAMES) if n == "do" or n.startswith("place_"))
+DO = ACTION_NAMES.index("do")
+# worldsim.eval.tiles classes: materials (0-12) and plants (18) stay where they are; creatures (14-16) step one
+# tile at a time; arrows (17) fly and vanish; the player sprite (13) leaves the tile it stood on
+_KEPT = np.zeros(256, bool)
+_KEPT[list(range(13)) + [18]] = True
+_CREATURE = np.zeros(256, bool)
+_CREATURE[14:17] = True
+_ARROW = 17
+# Crafter's _balance_object spawns a creature only this far (L1, in tiles) from the player or farther: cow 5,
+# zombie 6, skeleton 7; nearer, a creature can only have walked in
+_SPAWN_DIST = {14: 5, 15: 6, 16: 7}
+_SPAWN_AT = np.full(256, 99)
+_SPAWN_AT[list(_SPAWN_DIST)] = list(_SPAWN_DIST.values())
+_NEIGHBOURS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
+_DIST = np.abs(np.arange(VIEW_ROWS)[:, None] - PLAYER_ROW) + np.abs(np.arange(VIEW_COLS)[None, :] - PLAYER_COL)  # L1 from the player
+_EDGE = np.ones((VIEW_ROWS, VIEW_COLS), bool)
+_EDGE[1:-1, 1:-1] = False
+
+
+def _near(labels: np.ndarray, cls: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(R,C) bool: does ``labels`` (R,C) show class ``cls`` (R,C) at each cell or one of its 4 neighbours (only
+    where ``valid`` (R,C) says the cell was in view)?"""
+    R, C = labels.shape
+    pad = np.full((R + 2, C + 2), -1, np.int64)
+    pad[1:-1, 1:-1] = np.where(valid, labels, -1)
+    out = np.zeros((R, C), bool)
+    for dy, dx in _NEIGHBOURS:
+        out |= pad[1 + dy:R + 1 + dy, 1 + dx:C + 1 + dx] == cls
+    return out
+
+
+def hold_tiles(prev_frame: np.ndarray, prev_latent: np.ndarray, frame: np.ndarray, latent: np.ndarray,
+               move: tuple[int, int], action: int, prev_lit: tuple[float, bool] | None,
+               lit: tuple[float, bool] | None, was: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
+    """Tiles kept as the previous frame showed them where Crafter could not have changed them: -> (latent
+    (C,g,g), frame uint8 (H,W,3), tiles put back, the new frame's view tile labels (7,9) after the hold, or None
+    where nothing was read).
+
+    prev_frame/frame uint8 (H,W,3) and prev_latent/latent (C,g,g): the frame the action was taken on and the
+    new one; ``move`` (dx, dy) the player's move between them; ``prev_lit``/``lit`` their lighting
+    (``frame_lighting``); ``was``: prev_frame's labels when the caller has them (the last call's). Of the view
+    tiles both frames show (under the move), the previous token and pixels come back where a material or a
+    plant became anything else but a creature that can have walked in (one was beside it, or it is as far from
+    the player as the game spawns one), and where a creature went without one on its tile or beside it now
+    (creatures step one tile at a time and stay in view unless they walk out of it). The player's tile and, for
+    an action in TERRAIN_ACTIONS, its four neighbours are left to the model (collecting, placing, a creature
+    hit). Nothing is held where either frame's light is unknown or the player sleeps (the sleeper's view is
+    drawn by the life clock), or where the classifier cannot read the frames.
+    """
+    if prev_lit is None or lit is None or prev_lit[1] or lit[1]:
+        return latent, frame, 0, None
+    n = VIEW_ROWS * VIEW_COLS
+    if was is None:
+        was = read_view_tiles(prev_frame, np.arange(n), prev_lit)
+    now = read_view_tiles(frame, np.arange(n), lit)
+    if was is None or now is None:
+        return latent, frame, 0, None
+    was, now = was.reshape(VIEW_ROWS, VIEW_COLS), now.reshape(VIEW_ROWS, VIEW_COLS)
+    dx, dy = (int(v) for v in move)
+    r = np.arange(VIEW_ROWS)[:, None] + dy + np.zeros((1, VIEW_COLS), np.int64)  # new tile (r, c) showed prev (r+dy, c+dx)
+    c = np.arange(VIEW_COLS)[None, :] + dx + np.zeros((VIEW_ROWS, 1), np.int64)
+    inside = (r >= 0) & (r < VIEW_ROWS) & (c >= 0) & (c < VIEW_COLS)
+    before = np.where(inside, was[np.clip(r, 0, VIEW_ROWS - 1), np.clip(c, 0, VIEW_COLS - 1)], -1)  # in new-frame cells
+    # a creature now: it walked in from a tile beside it that the previous frame showed it on or did not show
+    # (beyond its edge), or it spawned far enough away
+    seen = np.zeros((VIEW_ROWS + 2, VIEW_COLS + 2), bool)
+    seen[1:-1, 1:-1] = inside
+    unseen_near = np.zeros((VIEW_ROWS, VIEW_COLS), bool)
+    for ny, nx in _NEIGHBOURS:
+        unseen_near |= ~seen[1 + ny:VIEW_ROWS + 1 + ny, 1 + nx:VIEW_COLS + 1 + nx]
+    came = _near(before, now, inside) | unseen_near
+    spawn = _DIST >= _SPAWN_AT[now]
+    arrived = _CREATURE[now] & (came | spawn)
+    held = inside & _KEPT[np.maximum(before, 0)] & (before >= 0) & (before != now) & ~arrived & (now != _ARROW)
+    # a creature before: still on its tile or beside it now, or at the view's edge (it may have walked out)
+    stayed = _near(now, before, np.ones_like(inside))
+    held |= inside & _CREATURE[np.maximum(before, 0)] & (before >= 0) & ~stayed & ~_EDGE
+    held[PLAYER_ROW, PLAYER_COL] = False
+    if action in TERRAIN_ACTIONS:
+        for ry, cx in _NEIGHBOURS[1:]:
+            held[PLAYER_ROW + ry, PLAYER_COL + cx] = False
+    if not held.any():
+        return latent, frame, 0, now
+    out = np.array(latent, np.float32, copy=True)
+    rr, cc = np.nonzero(held)
+    sr, sc = r[held], c[held]
+    out[:, rr, cc] = np.asarray(prev_latent)[:, sr, sc]
+    # one token per tile: the token brings its tile, so the previous frame's pixels are pasted (no decode)
+    u = frame.shape[0] // prev_latent.shape[-1]
+    px = frame.copy()
+    for i, j, pi, pj in zip(rr, cc, sr, sc):
+        px[i * u:(i + 1) * u, j * u:(j + 1) * u] = prev_frame[pi * u:(pi + 1) * u, pj * u:(pj + 1) * u]
+    # the labels of the frame given back, as reading it afresh gives them (the pasted tiles read with its light)
+    labels = now.copy()
+    again = read_view_tiles(px, rr * VIEW_COLS + cc, lit)
+    labels[held] = before[held] if again is None else again
+    return out, px, int(held.sum()), labels
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -60,18 +60,33 @@ def make_random_world(path: str | os.PathLike, dit: str = "tiny", ae: str | None
 
 
 def exact_codec(backend) -> None:
-    """Make a backend's decoder give back exactly the frames its encoder saw (other latents: the real decoder)."""
-    seen: dict[bytes, np.ndarray] = {}
+    """Make a backend's decoder give back exactly the frames its encoder saw, token by token: a latent (C,g,g)
+    whose every token (C,) came from some encoded frame decodes to those frames' tiles put together (what an
+    ideal one-token-per-tile decoder does: a token moved or copied between latents brings its tile); any other
+    latent goes to the real decoder."""
+    tiles: dict[bytes, np.ndarray] = {}
     enc, dec = backend.encode, backend.decode
 
     def encode(frames):
         z = enc(frames)
+        g = z.shape[-1]
+        u = frames.shape[1] // g
         for zi, fi in zip(z, frames):
-            seen[np.asarray(zi, np.float32).tobytes()] = np.array(fi)
+            zi = np.asarray(zi, np.float32)
+            for r in range(g):
+                for c in range(g):
+                    tiles[zi[:, r, c].tobytes()] = np.array(fi[r * u:(r + 1) * u, c * u:(c + 1) * u])
         return z
 
     def decode(z):
-        keys = [np.asarray(zi, np.float32).tobytes() for zi in z]
-        return np.stack([seen[k] if k in seen else dec(np.asarray(zi)[None])[0] for k, zi in zip(keys, z)])
+        out = []
+        for zi in np.asarray(z, np.float32):
+            g = zi.shape[-1]
+            parts = [[tiles.get(zi[:, r, c].tobytes()) for c in range(g)] for r in range(g)]
+            if any(p is None for row in parts for p in row):
+                out.append(dec(zi[None])[0])
+            else:
+                out.append(np.concatenate([np.concatenate(row, 1) for row in parts], 0))
+        return np.stack(out)
 
     backend.encode, backend.decode = encode, decode

@@ -23,7 +23,7 @@ import numpy as np
 
 from engine.backends import BACKENDS, BackendUnavailable, OrtBackend, TorchBackend, ensure_onnx_graphs, tensorrt_unavailable_reason
 from engine.cache import RingKVCache
-from engine.rules import (DAY_CLOCK_TOLERANCE, ENERGY_MAX, advance_life, enforce_blocked_move, fit_clock, fit_life, read_energy,
+from engine.rules import (DAY_CLOCK_TOLERANCE, ENERGY_MAX, advance_life, enforce_blocked_move, fit_clock, fit_life, hold_tiles, read_energy,
                           draw_energy, energy_slot, relight, rendered_awake_view, sleeping_view, warm_start)
 from engine.memory import MemoryBank, MemoryConfig, MemoryKV, fill_uncovered, memory_slots, predicted_poses, slot_shift
 from worldsim.actions import ACTION_NAMES, NULL_ACTION, action_index
@@ -56,13 +56,14 @@ class RuntimePreset:
     day_clock: bool = True  # Crafter's day/night clock (fitted to the context) relights generated frames (engine.rules)
     life_clock: bool = True  # Crafter's energy counter (fitted to the context): no sleep at full energy, a sleeper wakes when full (engine.rules)
     sleep_view: bool = True  # with the life clock: a sleeper's frame is drawn as the game draws it, from its last awake frame (engine.rules)
+    tile_hold: bool = True  # tiles Crafter could not have changed (materials away from the player's hands, creatures' steps) are put back (engine.rules)
     warm: float = 0.0  # in (0, 1): denoise from this level, starting at the previous frame moved as the action moves the view
 
     @property
     def reads_frames(self) -> bool:
         """Whether stepping reads the previous/decoded frame on the host (the rules, the warm start): a device
         path that keeps the whole step on the accelerator (tensorrt's CUDA graph) cannot serve it."""
-        return self.block_rule or self.day_clock or self.life_clock or self.warm > 0
+        return self.block_rule or self.day_clock or self.life_clock or self.tile_hold or self.warm > 0
 
 
 # Windows are capped by what the world was trained on (world.json max_window: 15 for the shipped world). A
@@ -416,6 +417,9 @@ class Session:
         self._mem_kv = MemoryKV(keep=4 * self._mem_cfg.slots + 8) if self._mem_cfg is not None else None
         self._mem_empty: tuple[np.ndarray, ...] | None = None
         self._mem_px: dict[bytes, np.ndarray] = {}  # decoded bank entries for the fill (derived, not state)
+        # the tile hold's last reading: (frame key, its lighting, its view labels) (derived, not state: a frame
+        # read afresh with the same lighting gives the same labels)
+        self._hold_labels: tuple[bytes | None, Any, np.ndarray | None] = (None, None, None)
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -610,7 +614,7 @@ class Session:
         st.latent = x0[0, -1].copy()
         timings = {"denoise_ms": (t1 - t0) * 1e3, "commit_ms": commit_s * 1e3, "decode_ms": (t_fin - t1) * 1e3,
                    "total_ms": (t2 - t0) * 1e3, "rule_fixes": found.get("rule_fixes", 0), "relit": found.get("relit", 0),
-                   "woken": found.get("woken", 0), "asleep_drawn": found.get("asleep_drawn", 0)}
+                   "woken": found.get("woken", 0), "asleep_drawn": found.get("asleep_drawn", 0), "held": found.get("held", 0)}
         return frames, x0[0], timings
 
     # -- memory (preset.memory > 0) -------------------------------------------------------------------
@@ -678,29 +682,32 @@ class Session:
         (preset.block_rule: a move onto a tile the player cannot enter only turns it), the day clock
         (preset.day_clock: a frame lit otherwise than the game's clock says is relit; both engine.rules), and
         with a memory bank the pose of the new frame and the fill of the tiles its move uncovered. Reports
-        rule_fixes, relit and, with memory, poses, lights and filled into ``found``.
+        rule_fixes, relit, held (preset.tile_hold: tiles put back, engine.rules.hold_tiles) and, with
+        memory, poses, lights and filled into ``found``.
         """
         w, st = self.world, self._state
         bank = st.memory
         frames = w.backend.decode(x0[0])
-        rule = w.preset.block_rule
+        rule, hold = w.preset.block_rule, w.preset.tile_hold
         offset = st.extra.get("day_offset") if w.preset.day_clock else None
         life = st.extra.get("life") if w.preset.life_clock else None
-        if not rule and bank is None and offset is None and life is None:
+        if not rule and bank is None and offset is None and life is None and not hold:
             return x0, frames
         k = len(acts)
         out, poses, lights = x0.copy(), np.zeros((k, 2), np.int64), np.zeros(k, np.float32)
         prev, prev_z = st.frame, st.latent
+        # the last frame's lighting as the hold read it (state: a restored session reads the same), else read here
+        prev_lit = (st.extra.get("hold_lit") or frame_lighting(prev)) if hold else None
         pose = bank.current_pose if bank is not None else np.zeros(2, np.int64)
-        fixes = filled = relit = woken = drawn = 0
+        fixes = filled = held = relit = woken = drawn = 0
         for i, a in enumerate(acts):
-            walkable = target_walkable(prev, a, frames[i]) if (rule or bank is not None) else None
+            walkable = target_walkable(prev, a, frames[i]) if (rule or bank is not None or hold) else None
             if rule:
                 z, fixed = enforce_blocked_move(prev, prev_z, out[0, i], frames[i], a, walkable)
                 if fixed:
                     out[0, i], frames[i] = z, w.backend.decode(z[None])[0]
                     fixes += 1
-            lit = frame_lighting(frames[i]) if (offset is not None or bank is not None or life is not None) else None
+            lit = frame_lighting(frames[i]) if (offset is not None or bank is not None or life is not None or hold) else None
             want = float(daylight_at(st.frame_index + 1 + i + offset)) if offset is not None else None  # the clock's light
             if life is not None:
                 out[0, i], frames[i], lit, kind = self._life_step(a, out[0, i], frames[i], lit, want, life)
@@ -714,17 +721,34 @@ class Session:
             if life is not None and lit is not None and not lit[1]:
                 st.awake = out[0, i].copy()
                 st.extra["awake_light"] = float(lit[0])
-            if bank is not None:
-                new_pose = pose + self._move(prev, frames[i], a, walkable)
-                lights[i] = np.nan if lit is None else lit[0]
-                if bank.cfg.fill:
-                    z, n = fill_uncovered(bank, out[0, i], frames[i], pose, new_pose, None if lit is None else lit[0], self._entry_pixels)
-                    if n:
-                        out[0, i], frames[i] = z, w.backend.decode(z[None])[0]
-                        filled += n
-                pose = poses[i] = new_pose
-            prev, prev_z = frames[i], out[0, i]
-        found.update(poses=poses, lights=lights, filled=filled, rule_fixes=fixes, relit=relit, woken=woken, asleep_drawn=drawn)
+            if bank is not None or hold:
+                move = self._move(prev, frames[i], a, walkable)
+                # the fill (cells the move uncovered) and the hold (cells both frames show) touch different tiles:
+                # both read the frame as decoded here, and one decode serves both
+                z, changed = out[0, i], 0
+                if bank is not None:
+                    new_pose = pose + move
+                    lights[i] = np.nan if lit is None else lit[0]
+                    if bank.cfg.fill:
+                        z, n = fill_uncovered(bank, z, frames[i], pose, new_pose, None if lit is None else lit[0], self._entry_pixels)
+                        filled, changed = filled + n, changed + n
+                    pose = poses[i] = new_pose
+                labels = None
+                if hold:
+                    # the previous frame's labels come from the last hold when it read that very frame
+                    key, key_lit, cached = self._hold_labels
+                    was = cached if key is not None and key_lit == _lit_key(prev_lit) and key == _frame_key(prev) else None
+                    z, px, n, labels = hold_tiles(prev, prev_z, frames[i], z, move, a, prev_lit, lit, was)
+                    held += n
+                    if n and not changed:
+                        out[0, i], frames[i] = z, px  # the held tiles' pixels pasted: no decode
+                if changed:  # the fill: decode (the held tokens bring their tiles back the same way)
+                    out[0, i], frames[i], labels = z, w.backend.decode(z[None])[0], None
+                self._hold_labels = (None, None, None) if labels is None else (_frame_key(frames[i]), _lit_key(lit), labels)
+            prev, prev_z, prev_lit = frames[i], out[0, i], lit
+        if hold:
+            st.extra["hold_lit"] = None if lit is None else [float(lit[0]), bool(lit[1])]
+        found.update(poses=poses, lights=lights, filled=filled, held=held, rule_fixes=fixes, relit=relit, woken=woken, asleep_drawn=drawn)
         return out, frames
 
     def _life_step(self, action: int, z: np.ndarray, frame: np.ndarray, lit: tuple[float, bool] | None,
@@ -803,6 +827,16 @@ class Session:
 
 
 NOOP, SLEEP = ACTION_NAMES.index("noop"), ACTION_NAMES.index("sleep")
+
+
+def _frame_key(frame: np.ndarray) -> bytes:
+    """A short digest of a frame's pixels (the tile hold's label cache key)."""
+    return hashlib.blake2b(np.ascontiguousarray(frame).tobytes(), digest_size=16).digest()
+
+
+def _lit_key(lit: Sequence | None) -> tuple | None:
+    """A lighting (daylight, asleep) as a comparable tuple (the state keeps it as a JSON list)."""
+    return None if lit is None else (float(lit[0]), bool(lit[1]))
 
 
 def _light(frame: np.ndarray, awake_only: bool = False) -> float:

@@ -281,7 +281,7 @@ def test_naive_loop_matches_the_cached_session(world_dir):
 
     # the model alone: the naive loop applies none of the game's rules (the life clock draws the energy into every
     # frame) and no fill
-    world = World.load(world_dir, backend="torch", preset="quality", window=8, life_clock=False, memory_fill=False, **T1)
+    world = World.load(world_dir, backend="torch", preset="quality", window=8, life_clock=False, memory_fill=False, tile_hold=False, **T1)
     n = 8 - len(world.opening_frames)
     cached = _rollout(world, n, seed=4)
     naive = NaiveStepper(world, seed=4)

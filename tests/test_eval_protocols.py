@@ -218,3 +218,23 @@ def test_long_run_reports_a_player_that_sleeps_while_the_real_one_is_awake(episo
     for wr, ws in zip(real["windows"], stuck["windows"]):
         assert wr["asleep"] == wr["real_asleep"] == 0.0
         assert ws["asleep"] > 0.95 and ws["real_asleep"] == 0.0
+
+
+def test_the_game_with_other_luck_starts_the_same_and_draws_its_own_future(episodes):
+    """RealGameWorld(reseed=True): resumed at the very context frame, the same actions then play the same world
+    with other luck (creatures, night noise): reproducible for a seed, different for another, and the recording
+    is left at some step."""
+    ep = episodes[0]
+    start = 150  # dusk: creatures about, night noise coming
+    frames, acts = ep.context(start, 8)
+    world = RealGameWorld(episodes, reseed=True)
+    runs = {}
+    for seed in (0, 0, 1):
+        s = world.new_session(context=frames, actions=acts, seed=seed)
+        np.testing.assert_array_equal(s.frame, ep.frames[start])
+        runs.setdefault(seed, []).append(np.stack([s.step(int(a)) for a in ep.actions[start:start + 100]]))
+    np.testing.assert_array_equal(runs[0][0], runs[0][1])
+    assert not np.array_equal(runs[0][0], runs[1][0])
+    assert not np.array_equal(runs[0][0], ep.frames[start + 1:start + 101])
+    same = RealGameWorld(episodes).new_session(context=frames, actions=acts)
+    np.testing.assert_array_equal(np.stack([same.step(int(a)) for a in ep.actions[start:start + 100]]), ep.frames[start + 1:start + 101])

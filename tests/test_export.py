@@ -455,7 +455,7 @@ def test_tensorrt_device_path_matches_the_session(tiny, tmp_path, preset):
 
     paths = export_trt_onnx(load_autoencoder(tiny / "autoencoder.safetensors"), load_dit(tiny / "dit.safetensors"), tmp_path, "fp32")
     # the device path is the rule-free one (the rules and the warm start read frames on the host)
-    ref = World.load(tiny, backend="onnxruntime", preset=preset, threads=1, block_rule=False, day_clock=False, life_clock=False,
+    ref = World.load(tiny, backend="onnxruntime", preset=preset, threads=1, block_rule=False, day_clock=False, life_clock=False, tile_hold=False,
                      warm=0.0, memory_fill=False)
     W = ref.preset.window
     engines = {("dit", 1, 1, W): _StandInEngine(paths["dit"]), ("decoder", 1): _StandInEngine(paths["decoder"])}

@@ -451,7 +451,7 @@ def test_memory_frames_reach_the_model_exactly(world_dir):
     frame equals one computed by hand from the cache plus that memory slot (its keys/values from a pass over
     it alone, time = its frame - the new frame's, shift = memory_shift(its pose, the predicted pose))."""
     # the memory slots alone: no fill, no rules (they edit the frame after the model), no warm start (pure noise)
-    world = World.load(world_dir, backend="torch", memory=2, memory_fill=False, block_rule=False, day_clock=False, life_clock=False,
+    world = World.load(world_dir, backend="torch", memory=2, memory_fill=False, block_rule=False, day_clock=False, life_clock=False, tile_hold=False,
                        warm=0.0, **T1)
     s = world.new_session(seed=7)
     for a in ["noop"] * 12:

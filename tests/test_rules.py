@@ -84,7 +84,7 @@ def test_session_applies_the_rule_and_it_can_be_turned_off(tmp_path, episode):
     path = make_tiny_world(tmp_path / "tiny")
     out = {}
     for rule in (True, False):
-        w = World.load(path, backend="onnxruntime", threads=1, block_rule=rule, day_clock=False)
+        w = World.load(path, backend="onnxruntime", threads=1, block_rule=rule, day_clock=False, tile_hold=False)
         assert w.preset.block_rule is rule
         moved = w.backend.encode(_moved_view(f[t], move_delta(int(a[t])))[None])[None]  # (1,1,C,g,g)
         real_dit = w.backend.dit
@@ -112,7 +112,7 @@ def test_session_batch_applies_the_rule_like_a_session(tmp_path, episode):
 
     f, a, pos = episode["frames"], episode["actions"], episode["pos"]
     t = next(t for t in range(16, len(a) - 1) if move_delta(int(a[t])) != (0, 0) and (pos[t + 1] == pos[t]).all())
-    w = World.load(make_tiny_world(tmp_path / "tiny"), backend="onnxruntime", threads=1, day_clock=False)
+    w = World.load(make_tiny_world(tmp_path / "tiny"), backend="onnxruntime", threads=1, day_clock=False, tile_hold=False)
     moved = w.backend.encode(_moved_view(f[t], move_delta(int(a[t])))[None])[None]  # (1,1,C,g,g)
     real_dit = w.backend.dit
     w.backend.dit = lambda x, *rest: (np.repeat(moved, len(x), 0), *real_dit(x, *rest)[1:])  # walks through, every session

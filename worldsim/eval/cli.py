@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-REFERENCE_WORLDS = ("copy-last", "real")
+REFERENCE_WORLDS = ("copy-last", "real", "real-reseeded")
 
 
 def default_cache_dir() -> Path:
@@ -22,7 +22,8 @@ def default_cache_dir() -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `worldsim eval`."""
     parser.add_argument("--world", default=None,
-                        help="world directory (default: the shipped world), or 'copy-last' / 'real' for the reference worlds")
+                        help="world directory (default: the shipped world), or 'copy-last' / 'real' / 'real-reseeded' (the game with "
+                             "other luck) for the reference worlds")
     parser.add_argument("--out", required=True, help="output directory for report.json, report.md and the PNG plots")
     parser.add_argument("--quick", action="store_true", help="a few minutes: fewer episodes, samples and rollouts")
     parser.add_argument("--episodes", type=int, default=None, help="held-out episodes to record/use (default: preset)")
@@ -58,6 +59,8 @@ def _reference_world(name: str, episodes) -> tuple[Any, dict[str, Any]]:
 
     if name == "copy-last":
         return CopyLastWorld(tuple(episodes[0].frames.shape[1:])), {"name": "copy-last", "path": None, "kind": "reference"}
+    if name == "real-reseeded":  # the game against itself: how far a perfect but independent world can score
+        return RealGameWorld(episodes, reseed=True), {"name": "real game, other luck (oracle)", "path": None, "kind": "reference"}
     return RealGameWorld(episodes), {"name": "real game (oracle)", "path": None, "kind": "reference"}
 
 

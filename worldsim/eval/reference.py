@@ -143,13 +143,16 @@ class RealGameWorld:
     ``episodes`` are recordings made by ``worldsim.data.record`` (their seed, frames and actions);
     ``start_inventory`` and ``keep_alive`` must match the recorder's config so the replay reproduces
     them bit for bit. A context is located by its frames; the game is replayed to its last frame
-    (checked pixel for pixel), and from there it plays any actions, recorded or not.
+    (checked pixel for pixel), and from there it plays any actions, recorded or not. With ``reseed`` the
+    game's random generator is reseeded there (from the episode, the frame and the session seed): the same
+    world and state, other luck from then on (creatures' steps, spawns, night noise), i.e. what a perfect
+    world model that samples its own future scores against the recorded one.
     """
 
     name = "real"
 
     def __init__(self, episodes: Sequence[ReplayEpisode], start_inventory: Mapping[str, int] | None = None,
-                 keep_alive: bool = True) -> None:
+                 keep_alive: bool = True, reseed: bool = False) -> None:
         from worldsim.data.record import DEFAULT_START_INVENTORY
 
         if not episodes:
@@ -157,6 +160,8 @@ class RealGameWorld:
         self.episodes = list(episodes)
         self.start_inventory = dict(DEFAULT_START_INVENTORY if start_inventory is None else start_inventory)
         self.keep_alive = bool(keep_alive)
+        # reseed: from the context on the game draws other luck (creatures' steps, spawns, night noise)
+        self.reseed = bool(reseed)
         self.frame_shape = tuple(self.episodes[0].frames.shape[1:])
         self._index: dict[bytes, list[tuple[int, int]]] | None = None
         self._cursors: dict[int, tuple[int, Any]] = {}   # episode -> (frame index, env at that frame)
@@ -217,4 +222,6 @@ class RealGameWorld:
         if not np.array_equal(frame, context[-1]):
             raise RuntimeError(f"RealGameWorld: replaying episode seed {self.episodes[e].seed} to frame {t} did not reproduce "
                                "the recorded frame (recorder config mismatch: start_inventory / keep_alive?)")
+        if self.reseed:  # the same world and state, another draw of everything random from here on
+            env._env._world.random = np.random.RandomState([int(self.episodes[e].seed) % 2**32, t, int(seed) % 2**32, 0x6C75636B])
         return RealGameSession(env, frame)

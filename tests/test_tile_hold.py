@@ -1,0 +1,155 @@
+"""Tiles Crafter could not have changed are kept (engine.rules.hold_tiles, preset.tile_hold)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import World
+from engine.rules import TERRAIN_ACTIONS, hold_tiles
+from engine.testing import exact_codec, make_tiny_world
+from worldsim.actions import ACTION_NAMES, action_index
+from worldsim.eval.tiles import COW, GRASS, TREE
+from worldsim.memory import PLAYER_COL, PLAYER_ROW, frame_lighting, read_view_tiles
+
+NOOP, DO = action_index("noop"), action_index("do")
+U = 8  # tile size at 72x72
+
+
+@pytest.fixture(scope="module")
+def episode() -> dict[str, np.ndarray]:
+    """A real recorded explorer episode (held-out seed): day, dusk and night, cows, a zombie, a skeleton, plants."""
+    from worldsim.data.record import record_episode
+
+    return record_episode(1_000_007, 240, size=72)
+
+
+def _latents() -> tuple[np.ndarray, np.ndarray]:
+    """A previous and a new latent (4,9,9) whose tokens are all different (prev >= 0, new < 0)."""
+    prev = np.arange(4 * 81, dtype=np.float32).reshape(4, 9, 9)
+    return prev, -prev - 1
+
+
+def _tile(frame: np.ndarray, r: int, c: int) -> np.ndarray:
+    return frame[r * U:(r + 1) * U, c * U:(c + 1) * U]
+
+
+def _paste(frame: np.ndarray, r: int, c: int, tile: np.ndarray) -> np.ndarray:
+    out = frame.copy()
+    out[r * U:(r + 1) * U, c * U:(c + 1) * U] = tile
+    return out
+
+
+def _still(ep: dict[str, np.ndarray], t: int) -> bool:
+    """The player did not move at step t and its action cannot change terrain (a blocked move, noop, crafting)."""
+    return bool((ep["pos"][t + 1] == ep["pos"][t]).all()) and int(ep["actions"][t]) not in TERRAIN_ACTIONS
+
+
+def _find(sem: np.ndarray, cls: int, away: int = 2) -> tuple[int, int]:
+    """A view cell (r, c) of class ``cls`` at least ``away`` tiles (L1) from the player and off the view's edge."""
+    for r in range(1, 6):
+        for c in range(1, 8):
+            if sem[r, c] == cls and abs(r - PLAYER_ROW) + abs(c - PLAYER_COL) >= away:
+                return r, c
+    raise AssertionError(f"no class {cls} in view")
+
+
+def test_the_game_never_needs_a_hold(episode):
+    """On 239 real transitions (true moves), no tile whose world cell the game changed is put back; by day
+    nothing at all is (at deep night the classifier's rare stone/path flips are put back: the same tile)."""
+    f, a, pos, sem, day = episode["frames"], episode["actions"], episode["pos"], episode["semantic"], episode["daylight"]
+    prev, new = _latents()
+    creature_steps = 0
+    for t in range(len(a) - 1):
+        move = tuple(int(v) for v in pos[t + 1] - pos[t])
+        out, px, n, _ = hold_tiles(f[t], prev, f[t + 1], new, move, int(a[t]), frame_lighting(f[t]), frame_lighting(f[t + 1]))
+        creature_steps += int(np.isin(sem[t + 1], (14, 15, 16)).any())
+        if day[t + 1] > 0.1:
+            assert n == 0, f"step {t}: {n} tiles held on real frames by day"
+        for r, c in zip(*np.nonzero(out[0, :7] >= 0)):
+            assert sem[t][r + move[1], c + move[0]] == sem[t + 1][r, c], f"step {t}: held a cell the game changed"
+    assert creature_steps > 50  # creatures walked in view: their steps were allowed
+
+
+def test_a_redrawn_material_comes_back_except_where_the_player_acts(episode):
+    """A grass tile the model redrew as a tree gets the previous token back; on the tile the player faces the
+    model's tile stays when the action can change terrain (do), not otherwise (noop)."""
+    f, sem = episode["frames"], episode["semantic"]
+    t = next(t for t in range(150) if _still(episode, t) and (sem[t] == TREE).any() and sem[t + 1][PLAYER_ROW, PLAYER_COL + 1] == GRASS)
+    tree = _tile(f[t + 1], *_find(sem[t + 1], TREE, away=0))
+    prev, new = _latents()
+    lit = frame_lighting(f[t]), frame_lighting(f[t + 1])
+    r, c = _find(sem[t + 1], GRASS)
+    out, px, n, _ = hold_tiles(f[t], prev, _paste(f[t + 1], r, c, tree), new, (0, 0), NOOP, *lit)
+    assert n == 1 and (out[:, r, c] == prev[:, r, c]).all()
+    assert (np.delete(out.reshape(4, -1), r * 9 + c, 1) < 0).all()  # nothing else touched
+    np.testing.assert_array_equal(px, _paste(f[t + 1], r, c, _tile(f[t], r, c)))  # its previous pixels too
+    faced = _paste(f[t + 1], PLAYER_ROW, PLAYER_COL + 1, tree)
+    assert hold_tiles(f[t], prev, faced, new, (0, 0), DO, *lit)[2] == 0
+    assert hold_tiles(f[t], prev, faced, new, (0, 0), NOOP, *lit)[2] == 1
+    # after a move the previous token comes from where the previous frame showed that cell
+    m = next(m for m in range(100) if (episode["pos"][m + 1] - episode["pos"][m]).any() and (sem[m + 1][1:6, 1:8] == GRASS).sum() > 10)
+    d = tuple(int(v) for v in episode["pos"][m + 1] - episode["pos"][m])
+    r, c = _find(sem[m + 1], GRASS)
+    out, px, n, _ = hold_tiles(f[m], prev, _paste(f[m + 1], r, c, tree), new, d, int(episode["actions"][m]),
+                        frame_lighting(f[m]), frame_lighting(f[m + 1]))
+    assert n == 1 and (out[:, r, c] == prev[:, r + d[1], c + d[0]]).all()
+    np.testing.assert_array_equal(_tile(px, r, c), _tile(f[m], r + d[1], c + d[0]))  # its tile comes with it
+
+
+def test_creatures_step_and_never_vanish_or_pop_up(episode):
+    """A cow the model erased is put back; a cow that stepped to a tile beside it is left alone; a cow drawn
+    next to the player with none beside it (the game spawns them 5+ tiles away) is removed."""
+    f, sem = episode["frames"], episode["semantic"]
+    t = next(t for t in range(len(sem) - 1) if (sem[t][1:6, 1:8] == COW).any() and (sem[t + 1][1:6, 1:8] == COW).any()
+             and _still(episode, t))
+    cr, cc = _find(sem[t], COW, away=0)
+    assert sem[t + 1][cr, cc] == COW or (sem[t + 1][cr - 1:cr + 2, cc - 1:cc + 2] == COW).any()
+    grass = _tile(f[t + 1], *_find(sem[t + 1], GRASS, away=0))
+    cow = _tile(f[t], cr, cc)
+    prev, new = _latents()
+    lit = frame_lighting(f[t]), frame_lighting(f[t + 1])
+    a = int(episode["actions"][t])
+    # erased: every cow tile of the new frame painted grass
+    erased = f[t + 1].copy()
+    for r, c in zip(*np.nonzero(sem[t + 1] == COW)):
+        erased = _paste(erased, r, c, grass)
+    out, px, n, _ = hold_tiles(f[t], prev, erased, new, (0, 0), a, *lit)
+    assert n >= 1 and (out[:, cr, cc] == prev[:, cr, cc]).all()
+    # stepped: the cow moved one tile onto grass, its old tile grass
+    step = next((dr, dc) for dr, dc in ((0, 1), (0, -1), (1, 0), (-1, 0)) if sem[t][cr + dr, cc + dc] == GRASS
+                and (cr + dr, cc + dc) != (PLAYER_ROW, PLAYER_COL))
+    stepped = _paste(_paste(f[t], cr, cc, grass), cr + step[0], cc + step[1], cow)
+    assert hold_tiles(f[t], prev, stepped, new, (0, 0), a, lit[0], lit[0])[2] == 0
+    # popped up beside the player, no cow near: removed
+    spots = [(PLAYER_ROW + dr, PLAYER_COL + dc) for dr, dc in ((0, 2), (0, -2), (2, 0), (-2, 0), (1, 1), (-1, -1))]
+    r, c = next(p for p in spots if sem[t][p] == GRASS and not (sem[t][p[0] - 1:p[0] + 2, p[1] - 1:p[1] + 2] == COW).any())
+    out, px, n, _ = hold_tiles(f[t], prev, _paste(f[t], r, c, cow), new, (0, 0), a, lit[0], lit[0])
+    assert n == 1 and (out[:, r, c] == prev[:, r, c]).all()
+    assert read_view_tiles(_paste(f[t], r, c, cow), np.array([r * 9 + c]), lit[0])[0] == COW  # it reads as a cow
+
+
+def test_a_session_keeps_the_tile_the_model_redrew(tmp_path, episode):
+    """Through a session (tiny world, exact token-by-token codec): a model that draws a tree over a grass tile
+    gives back the game's grass there with tile_hold, the tree without it."""
+    f, a, sem = episode["frames"], episode["actions"], episode["semantic"]
+    t = next(t for t in range(8, 150) if _still(episode, t) and (sem[t + 1] == TREE).any())
+    r, c = _find(sem[t + 1], GRASS)
+    tree = _tile(f[t + 1], *_find(sem[t + 1], TREE, away=0))
+    drawn = _paste(f[t + 1], r, c, tree)
+    got = {}
+    for hold in (True, False):
+        w = World.load(make_tiny_world(tmp_path / f"tiny{hold}"), backend="onnxruntime", threads=1, block_rule=False,
+                       day_clock=False, life_clock=False, memory_fill=False, tile_hold=hold)
+        exact_codec(w.backend)
+        z = w.backend.encode(drawn[None])[None]
+        real_dit = w.backend.dit
+        w.backend.dit = lambda x, tt, aa, *rest: (z.copy(), *real_dit(x, tt, aa, *rest)[1:])
+        sess = w.new_session(f[t - 7:t + 1], [int(x) for x in a[t - 7:t]] + [None], seed=0)
+        got[hold] = (sess.step(ACTION_NAMES[int(a[t])]), sess.timings["held"])
+    frame, held = got[True]
+    assert held == 1
+    np.testing.assert_array_equal(_tile(frame, r, c), _tile(f[t], r, c))  # the previous frame's grass
+    np.testing.assert_array_equal(_paste(frame, r, c, tree), drawn)  # everything else as the model drew it
+    np.testing.assert_array_equal(got[False][0], drawn)
+    assert got[False][1] == 0
