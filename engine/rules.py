@@ -48,7 +48,7 @@ import functools
 
 import numpy as np
 
-from worldsim.eval.tiles import daylight_at
+from worldsim.eval.tiles import ARROW, COW, PLANT, SKELETON, STATIC_CLASSES, ZOMBIE, daylight_at
 from worldsim.actions import ACTION_NAMES
 from worldsim.memory import (PLAYER_COL, PLAYER_ROW, VIEW_COLS, VIEW_ROWS, estimate_move, frame_lighting, move_delta, moved_view,
                              read_view_tiles, target_walkable)
@@ -93,23 +93,20 @@ def warm_start(prev_latent: np.ndarray, prev_frame: np.ndarray, action: int) -> 
 
 
 # ---------------------------------------------------------------------------------------------------
-# terrain holds (see the module docstring)
+# tile holds (see the module docstring)
 
 # actions that can change the terrain the player faces: collecting (stone, coal... become path) and placing
 TERRAIN_ACTIONS = frozenset(i for i, n in enumerate(ACTION_NAMES) if n == "do" or n.startswith("place_"))
-DO = ACTION_NAMES.index("do")
-# worldsim.eval.tiles classes: materials (0-12) and plants (18) stay where they are; creatures (14-16) step one
-# tile at a time; arrows (17) fly and vanish; the player sprite (13) leaves the tile it stood on
+# materials and plants stay where they are; creatures step one tile at a time; arrows fly and vanish; the player
+# sprite leaves the tile it stood on. Indexed by label; -1 (a cell the previous frame did not show) reads False
 _KEPT = np.zeros(256, bool)
-_KEPT[list(range(13)) + [18]] = True
+_KEPT[list(STATIC_CLASSES) + [PLANT]] = True
 _CREATURE = np.zeros(256, bool)
-_CREATURE[14:17] = True
-_ARROW = 17
+_CREATURE[[COW, ZOMBIE, SKELETON]] = True
 # Crafter's _balance_object spawns a creature only this far (L1, in tiles) from the player or farther: cow 5,
 # zombie 6, skeleton 7; nearer, a creature can only have walked in
-_SPAWN_DIST = {14: 5, 15: 6, 16: 7}
 _SPAWN_AT = np.full(256, 99)
-_SPAWN_AT[list(_SPAWN_DIST)] = list(_SPAWN_DIST.values())
+_SPAWN_AT[[COW, ZOMBIE, SKELETON]] = (5, 6, 7)
 _NEIGHBOURS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
 _DIST = np.abs(np.arange(VIEW_ROWS)[:, None] - PLAYER_ROW) + np.abs(np.arange(VIEW_COLS)[None, :] - PLAYER_COL)  # L1 from the player
 _EDGE = np.ones((VIEW_ROWS, VIEW_COLS), bool)
@@ -171,10 +168,10 @@ def hold_tiles(prev_frame: np.ndarray, prev_latent: np.ndarray, frame: np.ndarra
     came = _near(before, now, inside) | unseen_near
     spawn = _DIST >= _SPAWN_AT[now]
     arrived = _CREATURE[now] & (came | spawn)
-    held = inside & _KEPT[np.maximum(before, 0)] & (before >= 0) & (before != now) & ~arrived & (now != _ARROW)
+    held = inside & _KEPT[before] & (before != now) & ~arrived & (now != ARROW)
     # a creature before: still on its tile or beside it now, or at the view's edge (it may have walked out)
     stayed = _near(now, before, np.ones_like(inside))
-    held |= inside & _CREATURE[np.maximum(before, 0)] & (before >= 0) & ~stayed & ~_EDGE
+    held |= inside & _CREATURE[before] & ~stayed & ~_EDGE
     held[PLAYER_ROW, PLAYER_COL] = False
     if action in TERRAIN_ACTIONS:
         for ry, cx in _NEIGHBOURS[1:]:

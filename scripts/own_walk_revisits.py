@@ -17,7 +17,7 @@ import numpy as np
 
 from worldsim.actions import ACTION_NAMES
 from worldsim.eval.cli import default_cache_dir
-from worldsim.eval.protocols import EVAL_PRESETS, LOOKING, _events, load_episodes
+from worldsim.eval.protocols import EVAL_PRESETS, _events, load_episodes, look_end
 from worldsim.eval.tiles import get_classifier
 from worldsim.memory import frame_lighting
 
@@ -39,9 +39,7 @@ def main(which: str, options: list[str]) -> None:
     events = frames_back = kept = 0
     for i, (e, (t_place, _, t_back, x, y, placed)) in enumerate(evs):
         ep = eps[e]
-        t_end = t_back
-        while t_end + 1 < len(ep) and ep.revisit[t_end + 1] == LOOKING and t_end - t_back < cfg.look_max:
-            t_end += 1
+        t_end = look_end(ep, int(t_back), cfg)
         frames, acts = ep.context(t_place, k)
         s = world.new_session(context=frames, actions=acts, seed=cfg.sample_seed + i)
         target = pose(s) + (np.array([x, y]) - ep.pos[t_place])  # the block's cell in the world's own coordinates

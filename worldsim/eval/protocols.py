@@ -365,6 +365,14 @@ def _events(episodes: Sequence[Episode], count: int) -> list[tuple[int, np.ndarr
     return evs
 
 
+def look_end(ep: Episode, t_back: int, cfg: EvalConfig) -> int:
+    """The last frame of a revisit's look at A: the player stays looking from ``t_back`` on, for at most cfg.look_max."""
+    t_end = t_back
+    while t_end + 1 < len(ep) and ep.revisit[t_end + 1] == LOOKING and t_end - t_back < cfg.look_max:
+        t_end += 1
+    return t_end
+
+
 def revisits(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress: bool = True,
              label: str = "model") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """A -> B -> A: context ends at the placing; is the block at A when the player is back beside it?"""
@@ -374,10 +382,7 @@ def revisits(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
         return {"events": 0}, {}
     plans = []
     for e, (t_place, t_leave, t_back, x, y, placed) in evs:
-        ep = episodes[e]
-        t_end = t_back
-        while t_end + 1 < len(ep) and ep.revisit[t_end + 1] == LOOKING and t_end - t_back < cfg.look_max:
-            t_end += 1
+        t_end = look_end(episodes[e], int(t_back), cfg)
         plans.append((e, int(t_place), int(t_leave), int(t_back), int(t_end), (int(x), int(y)), int(placed)))
     S = episodes[0].frames.shape[1:]
     clf = get_classifier(S[0])
