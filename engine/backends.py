@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Protocol
@@ -85,7 +86,7 @@ class OrtBackend:
     name = "onnxruntime"
 
     def __init__(self, graph_dir: str | os.PathLike, threads: int | None = None, spinning: bool = False,
-                 providers: list[str] | None = None):
+                 providers: list[str] | None = None, static: bool = True):
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - onnxruntime is a core dependency
@@ -94,25 +95,48 @@ class OrtBackend:
         self.graph_dir = graph_dir
         self.threads = threads or min(os.cpu_count() or 1, 4)
         self.spinning = spinning
+        self._providers = providers or ["CPUExecutionProvider"]
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         # spinning threads burn the cores between calls; measured faster with it off when sessions alternate
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        self._options = so
         self.sessions = {}
         for name in GRAPH_NAMES:
             path = graph_dir / f"{name}.onnx"
             if not path.is_file():
                 raise FileNotFoundError(f"ONNX graph missing: {path}")
-            try:
-                self.sessions[name] = ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
-            except Exception as e:  # onnxruntime raises its own exception types for corrupt graphs
-                raise ValueError(f"ONNX graph {path} is corrupt or invalid: {e}") from None
-            sess = self.sessions[name]
-            io_names = (tuple(i.name for i in sess.get_inputs()), tuple(o.name for o in sess.get_outputs()))
-            if io_names != GRAPH_IO[name]:
-                raise ValueError(f"ONNX graph {path} has inputs/outputs {io_names}, expected {GRAPH_IO[name]}")
+            self.sessions[name] = self._open(path, name)
+        # DiT graphs fixed to one shape (engine.graphs.export_static_dit): used where a call's shapes match
+        self.static: dict[tuple[int, int], object] = {}
+        if static:
+            for path in sorted(graph_dir.glob("dit-b1-k*-p*.onnx")):
+                m = _STATIC_NAME.fullmatch(path.name)
+                if m:
+                    self.static[(int(m[1]), int(m[2]))] = self._open(path, "dit")
+
+    def _open(self, path: Path, name: str):
+        """An InferenceSession on one graph, checked against GRAPH_IO[name]; a clear ValueError where it is corrupt."""
+        import onnxruntime as ort
+
+        try:
+            sess = ort.InferenceSession(str(path), self._options, providers=self._providers)
+        except Exception as e:  # onnxruntime raises its own exception types for corrupt graphs
+            raise ValueError(f"ONNX graph {path} is corrupt or invalid: {e}") from None
+        io_names = (tuple(i.name for i in sess.get_inputs()), tuple(o.name for o in sess.get_outputs()))
+        if io_names != GRAPH_IO[name]:
+            raise ValueError(f"ONNX graph {path} has inputs/outputs {io_names}, expected {GRAPH_IO[name]}")
+        return sess
+
+    def add_static(self, path: str | os.PathLike) -> None:
+        """Use one more fixed-shape DiT graph (a file named engine.graphs.static_dit_name(k, P))."""
+        path = Path(path)
+        m = _STATIC_NAME.fullmatch(path.name)
+        if not m:
+            raise ValueError(f"{path.name} is not a static DiT graph name (dit-b1-k<K>-p<P>.onnx)")
+        self.static[(int(m[1]), int(m[2]))] = self._open(path, "dit")
 
     def encode(self, frames: np.ndarray) -> np.ndarray:
         """uint8 (B,H,W,3) -> float32 (B,C,g,g)."""
@@ -128,7 +152,35 @@ class OrtBackend:
                 "actions": actions.astype(np.int64, copy=False), "past_k": past_k, "past_v": past_v,
                 "past_t": past_t.astype(np.float32, copy=False), "past_valid": past_valid.astype(np.float32, copy=False),
                 "past_shift": past_shift.astype(np.float32, copy=False)}
-        return tuple(self.sessions["dit"].run(None, feed))
+        sess = self.static.get((x.shape[1], past_t.shape[1])) if x.shape[0] == 1 else None
+        return tuple((sess or self.sessions["dit"]).run(None, feed))
+
+
+_STATIC_NAME = re.compile(r"dit-b1-k(\d+)-p(\d+)\.onnx")
+
+
+def ensure_static_dit(graph_dir: Path, shapes, load_models) -> list[Path]:
+    """Fixed-shape DiT graphs for (k, P) ``shapes`` in a cache directory from ensure_onnx_graphs, exported
+    where missing (load_models() -> (ae, dit) is called only then); -> their paths. A file that onnx cannot
+    read is exported again: it is only a cache."""
+    import onnx
+
+    from engine.graphs import export_static_dit, static_dit_name
+
+    paths, dit = [], None
+    for k, P in sorted(set((int(k), int(P)) for k, P in shapes)):
+        path = graph_dir / static_dit_name(k, P)
+        if path.is_file():
+            try:
+                onnx.checker.check_model(str(path))
+                paths.append(path)
+                continue
+            except Exception:
+                path.unlink(missing_ok=True)
+        if dit is None:
+            dit = load_models()[1]
+        paths.append(export_static_dit(dit, graph_dir, k, P))
+    return paths
 
 
 def onnx_cache_key(ae_path: Path, dit_path: Path) -> str:

@@ -260,6 +260,8 @@ def bench_cached(world, frames: int, warmup: int, repeats: int, seed: int = 0) -
 
 def bench_naive(world, frames: int, warmup: int, repeats: int, seed: int = 0) -> Timing:
     """Time the naive loop (NaiveStepper) on the same world and backend."""
+    # the same fixed-shape graph treatment as the cached loop's (W+1 frames, no cache): a like-for-like ratio
+    world.prepare_shapes([(world.preset.window + 1, 0)])
     st = NaiveStepper(world, seed=seed)
     warm = max(warmup, world.preset.window + 1)
     return _time_loop(st.step, lambda: st.timings, max(1, frames), 1, warm, repeats, list(_BENCH_ACTIONS))

@@ -69,29 +69,35 @@ class DecoderGraph(nn.Module):
 def graph_specs(ae: Autoencoder, dit: CausalDiT) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
     """Inputs and outputs of each graph. Dynamic axes: B (sessions), k (chunk frames), P (cache slots)."""
     S, C, g = ae.cfg.image_size, ae.cfg.latent_channels, ae.cfg.grid
-    d = dit.cfg
-    L, H, dh, N = d.n_layers, d.n_heads, d.head_dim, d.tokens_per_frame
     return {
         "encoder": ([TensorSpec("frames", ("B", S, S, 3), "uint8")], [TensorSpec("latents", ("B", C, g, g), "float32")]),
-        "dit": (
-            [
-                TensorSpec("x", ("B", "k", C, g, g), "float32"),
-                TensorSpec("sigma", ("B", "k"), "float32"),
-                TensorSpec("actions", ("B", "k"), "int64"),
-                TensorSpec("past_k", (L, "B", H, "PN", dh), "float32"),
-                TensorSpec("past_v", (L, "B", H, "PN", dh), "float32"),
-                TensorSpec("past_t", ("B", "P"), "float32"),
-                TensorSpec("past_valid", ("B", "P"), "float32"),
-                TensorSpec("past_shift", ("B", "P", 2), "float32"),
-            ],
-            [
-                TensorSpec("x0", ("B", "k", C, g, g), "float32"),
-                TensorSpec("k", (L, "B", H, "kN", dh), "float32"),
-                TensorSpec("v", (L, "B", H, "kN", dh), "float32"),
-            ],
-        ),
+        "dit": graph_specs_dit(dit),
         "decoder": ([TensorSpec("latents", ("B", C, g, g), "float32")], [TensorSpec("frames", ("B", S, S, 3), "uint8")]),
     }
+
+
+def graph_specs_dit(dit: CausalDiT) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs of the DiT graph (dynamic axes B, k, P)."""
+    d = dit.cfg
+    C, g = d.latent_channels, d.grid
+    L, H, dh = d.n_layers, d.n_heads, d.head_dim
+    return (
+        [
+            TensorSpec("x", ("B", "k", C, g, g), "float32"),
+            TensorSpec("sigma", ("B", "k"), "float32"),
+            TensorSpec("actions", ("B", "k"), "int64"),
+            TensorSpec("past_k", (L, "B", H, "PN", dh), "float32"),
+            TensorSpec("past_v", (L, "B", H, "PN", dh), "float32"),
+            TensorSpec("past_t", ("B", "P"), "float32"),
+            TensorSpec("past_valid", ("B", "P"), "float32"),
+            TensorSpec("past_shift", ("B", "P", 2), "float32"),
+        ],
+        [
+            TensorSpec("x0", ("B", "k", C, g, g), "float32"),
+            TensorSpec("k", (L, "B", H, "kN", dh), "float32"),
+            TensorSpec("v", (L, "B", H, "kN", dh), "float32"),
+        ],
+    )
 
 
 def _example(spec: TensorSpec, sizes: dict[str, int]) -> torch.Tensor:
@@ -127,6 +133,36 @@ def export_onnx(ae: Autoencoder, dit: CausalDiT, out_dir: str | os.PathLike) -> 
         os.replace(tmp, path)
         paths[name] = path
     return paths
+
+
+def static_dit_name(k: int, P: int) -> str:
+    """File name of the DiT graph fixed to one session (B=1), k chunk frames and P cache slots."""
+    return f"dit-b1-k{int(k)}-p{int(P)}.onnx"
+
+
+def export_static_dit(dit: CausalDiT, out_dir: str | os.PathLike, k: int, P: int) -> Path:
+    """Export the DiT with every shape fixed (B=1, k chunk frames, P cache slots) to out_dir/static_dit_name(k, P).
+
+    Why: with dynamic axes about half of the optimised graph's ~1,500 nodes compute shapes at run time;
+    fixed shapes fold them away and the per-frame step runs ~10% faster on a 2-core CPU (the same
+    inputs and outputs as dit.onnx, so a backend swaps it in where the shapes match)."""
+    if k < 1 or P < 0:
+        raise ValueError(f"a static DiT graph needs k >= 1 chunk frames and P >= 0 cache slots, got k={k}, P={P}")
+    import warnings
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ins, outs = graph_specs_dit(dit)
+    sizes = {"B": 1, "k": k, "P": P, "PN": P * dit.cfg.tokens_per_frame, "kN": k * dit.cfg.tokens_per_frame}
+    args = tuple(_example(s, sizes) for s in ins)
+    path = out_dir / static_dit_name(k, P)
+    tmp = out_dir / f".{path.name}.{os.getpid()}.tmp"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(dit.eval(), args, str(tmp), input_names=[s.name for s in ins], output_names=[s.name for s in outs],
+                          opset_version=OPSET, dynamo=False)
+    os.replace(tmp, path)
+    return path
 
 
 def weights_hash(*files: str | os.PathLike, extra: str = "") -> str:

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engine.backends import BACKENDS, BackendUnavailable, OrtBackend, TorchBackend, ensure_onnx_graphs, tensorrt_unavailable_reason
+from engine.backends import (BACKENDS, BackendUnavailable, OrtBackend, TorchBackend, ensure_onnx_graphs, ensure_static_dit,
+                             tensorrt_unavailable_reason)
 from engine.cache import RingKVCache
 from engine.rules import (DAY_CLOCK_TOLERANCE, ENERGY_MAX, advance_life, enforce_blocked_move, fit_clock, fit_life, hold_tiles, read_energy,
                           draw_energy, energy_slot, relight, rendered_awake_view, sleeping_view, warm_start)
@@ -155,6 +156,15 @@ class World:
         self.ae_cfg, self.dit_cfg = ae_cfg, dit_cfg
         self.id = world_id
         self.sampler = FlowSampler(steps=preset.steps, shift=preset.shift, stochastic=preset.stochastic)
+        self._load_models = None  # () -> (ae, dit) for a world directory on onnxruntime: more fixed-shape graphs
+
+    def prepare_shapes(self, shapes: Sequence[tuple[int, int]]) -> None:
+        """Give the onnxruntime backend fixed-shape DiT graphs for one session's (k chunk frames, P cache slots)
+        calls ``shapes`` (exported into the graph cache once); a no-op on other backends and for bundles."""
+        if self._load_models is None or not isinstance(self.backend, OrtBackend):
+            return
+        for p in ensure_static_dit(self.backend.graph_dir, shapes, self._load_models):
+            self.backend.add_static(p)
 
     # -- loading ------------------------------------------------------------------------------------
 
@@ -213,13 +223,18 @@ class World:
         elif name == "onnxruntime":
             # the cache key hashes the weight files: a cache hit means these exact files were exported (so were
             # valid); on a miss, exporting loads them first and bad weights raise a clear CheckpointError
+            # the per-frame shapes of this preset (one session, a chunk against the window and any memory slots)
+            # get fixed-shape DiT graphs beside the dynamic one (engine.graphs.export_static_dit)
+            shapes = [(preset.chunk, preset.window + m) for m in range(preset.memory + 1)]
             graph_dir = ensure_onnx_graphs(path, ae_path, dit_path, load_models)
             try:
+                ensure_static_dit(graph_dir, shapes, load_models)
                 be = OrtBackend(graph_dir, threads=threads)
             except (ValueError, FileNotFoundError):
                 # the graphs are only a cache: one that onnxruntime cannot load is rebuilt, once
                 shutil.rmtree(graph_dir, ignore_errors=True)
                 graph_dir = ensure_onnx_graphs(path, ae_path, dit_path, load_models)
+                ensure_static_dit(graph_dir, shapes, load_models)
                 be = OrtBackend(graph_dir, threads=threads)
         else:
             reason = tensorrt_unavailable_reason()
@@ -227,7 +242,10 @@ class World:
                 raise BackendUnavailable(f"backend 'tensorrt' is unavailable: {reason}")
             raise BackendUnavailable(f"backend 'tensorrt' runs exported engines, and {path} is a world directory: export a bundle on this "
                                      f"GPU machine with `worldsim export --world {path} --format tensorrt --out BUNDLE`, then load BUNDLE")
-        return cls(path, meta, be, preset, opening, ae_cfg, dit_cfg, world_id)
+        world = cls(path, meta, be, preset, opening, ae_cfg, dit_cfg, world_id)
+        if name == "onnxruntime":
+            world._load_models = load_models
+        return world
 
     # -- public attributes ----------------------------------------------------------------------------
 

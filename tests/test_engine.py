@@ -464,6 +464,48 @@ def test_corrupt_onnx_cache_is_rebuilt(world_copy, damage):
     assert (again.backend.graph_dir / "dit.onnx").read_bytes() != b"" and (again.backend.graph_dir / "done.json").is_file()
 
 
+def test_fixed_shape_graph_serves_the_preset_and_matches_the_dynamic_one(world_copy):
+    """onnxruntime steps a session through a DiT graph fixed to the preset's shapes (B=1, chunk, window),
+    exported into the cache on load; it agrees with the dynamic-shape graph, and other shapes use that one."""
+    world = World.load(world_copy, backend="onnxruntime", threads=1)
+    be, p = world.backend, world.preset
+    key = (p.chunk, p.window)
+    assert key in be.static and (be.graph_dir / f"dit-b1-k{p.chunk}-p{p.window}.onnx").is_file()
+    rec = _Recorder(be)
+    be.dit = rec
+    fixed = be.static[key]
+    used = []
+    be.static[key] = type("Counted", (), {"run": lambda self, *a: used.append(1) or fixed.run(*a)})()
+    s = world.new_session(seed=0)
+    for a in _actions(p.window + 2):  # past the ring's capacity: every slot filled
+        s.step(a)
+    steady = [c for c in rec.calls if c[0][0].shape[:2] == (1, p.chunk) and c[0][5].shape[1] == p.window]
+    assert len(used) == len(steady) > 0  # each per-frame call of that shape ran the fixed graph, the context commit did not
+    names = [i.name for i in be.sessions["dit"].get_inputs()]
+    for args, out in steady[-3:]:
+        dyn = be.sessions["dit"].run(None, dict(zip(names, args)))
+        for o, d in zip(out, dyn):
+            np.testing.assert_allclose(o, d, atol=1e-4)
+    # a batch of two sessions (B=2) goes through the dynamic graph
+    args = [np.concatenate([x, x], 1 if i in (3, 4) else 0) for i, x in enumerate(steady[-1][0])]
+    assert be.dit(*args)[0].shape[0] == 2
+
+
+@pytest.mark.parametrize("damage", ["garbage", "swapped"])
+def test_corrupt_fixed_shape_graph_is_rebuilt(world_copy, damage):
+    world = World.load(world_copy)
+    expected = _rollout(world, 4, seed=0)
+    p = world.preset
+    static = world.backend.graph_dir / f"dit-b1-k{p.chunk}-p{p.window}.onnx"
+    if damage == "garbage":
+        static.write_bytes(b"\x08\x07garbage" * 1000)
+    else:  # a valid graph with the wrong inputs: onnxruntime's check refuses it and the cache is rebuilt
+        shutil.copy(world.backend.graph_dir / "decoder.onnx", static)
+    again = World.load(world_copy)
+    assert (p.chunk, p.window) in again.backend.static
+    assert np.array_equal(_rollout(again, 4, seed=0), expected)
+
+
 def test_onnx_cache_key_follows_the_model_code(world_copy, monkeypatch):
     """Graphs exported from other model code are never reused: the key hashes the graph modules' source."""
     import engine.backends

@@ -66,6 +66,27 @@ def test_real_game_scores_perfect(results):
     assert res["classifier"]["accuracy_day"] == 1.0
 
 
+def test_revisits_in_the_worlds_own_walk(results):
+    """Followed in its own walk (the walk estimated from its frames), the real game comes back to A with the block
+    there and the area as it showed it before leaving, and the walk estimate is right; copy-last never leaves A."""
+    res, _ = results
+    own = res["revisits_own"]["model"]
+    assert own["events"] >= 1 and own["returned"] >= 1 and own["frames_back"] > 0
+    assert own["gap_frames_mean"] > CFG.context
+    assert own["block_kept"] == 1.0 and own["area"] >= 0.95 and own["view_n"] > own["area_n"] > 0
+    assert own["pose_steps_right"] >= 0.98 and own["pose_steps_right_n"] > 50
+    base = res["revisits_own"]["copy_last"]
+    assert base["returned"] == 0 and base["frames_back"] == 0 and "pose_steps_right" not in base
+
+
+def test_return_after_gap():
+    on = np.array([1, 1, 0, 0, 1, 0, 0, 0, 1, 1], bool)
+    assert P._return_after_gap(on, 2) == (4, 8)
+    assert P._return_after_gap(on, 1) == (1, 4)
+    assert P._return_after_gap(on, 3) is None
+    assert P._return_after_gap(np.zeros(5, bool), 0) is None
+
+
 def test_rollout_tiles_split_into_awake_by_day_and_the_rest(results):
     """The day/night split partitions the persistent tiles: the parts' counts add up, their hits make the whole."""
     res, _ = results

@@ -278,3 +278,18 @@ def test_prev_mix_starts_from_older_weights_as_the_same_model(tmp_path):
     save_checkpoint(tmp_path / "broken.safetensors", tensors, meta)
     with pytest.raises(CheckpointError, match="out.weight"):
         init_dit_from(CausalDiT(cfg), tmp_path / "broken.safetensors")
+
+
+def test_prev_mix_table_gives_the_same_matrices():
+    """The inference path reads the previous-frame mix from a table of every action's matrices (folded into a
+    constant on export): exactly the matrices the training path scatters per call."""
+    from worldsim.dit import PrevFrameMix
+
+    cfg = dit_preset("tiny")
+    mix = PrevFrameMix(cfg)
+    with torch.no_grad():
+        mix.kernel.normal_()
+    actions = torch.randint(0, cfg.num_actions, (3, 2))
+    a, b = mix.matrices(actions), mix.matrices_from_table(actions)
+    assert a.shape == b.shape == (cfg.n_layers, 3, cfg.n_heads, 2, cfg.tokens_per_frame, cfg.tokens_per_frame)
+    assert torch.equal(a, b)

@@ -132,6 +132,11 @@ def _summary(report: dict[str, Any], log) -> None:
         log(f"revisits: block kept {pct(m['revisit_block_kept'])} (copy-last {pct(b['revisit_block_kept'])}, "
             f"perfect memory {pct(pm.get('revisit_block_kept'))}), area {pct(m['revisit_area'])} "
             f"(copy-last {pct(b['revisit_area'])}, perfect memory {pct(pm.get('revisit_area'))})")
+    if "revisits_own" in res and res["revisits_own"]["model"].get("events"):
+        m = res["revisits_own"]["model"]
+        pose = f", walk estimate right in {pct(m['pose_steps_right'])} of steps" if m.get("pose_steps_right") is not None else ""
+        log(f"revisits in the world's own walk: {m['returned']} of {m['events']} events came back, {m['frames_back']} frames; "
+            f"block kept {pct(m['block_kept'])}, area {pct(m['area'])}, view {pct(m['view'])}{pose}")
     if "long_run" in res and res["long_run"]["model"].get("runs"):
         m, b = res["long_run"]["model"], res["long_run"]["copy_last"]
         log(f"long run: class TV {m['class_tv_to_real_last']:.3f} (copy-last {b['class_tv_to_real_last']:.3f}), "

@@ -29,8 +29,8 @@ UNSEEN = 255       # "never seen" in a last-seen map
 SHIFTS: tuple[tuple[int, int], ...] = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
 MOVE_ACTIONS = {1: (-1, 0), 2: (1, 0), 3: (0, -1), 4: (0, 1)}   # Crafter action index -> (dx, dy)
 INTERACT_ACTIONS = frozenset({5, 7, 8, 9, 10})                 # do, place_stone/table/furnace/plant
-_IS_OBJECT = np.zeros(256, bool)
-_IS_OBJECT[list(OBJECT_CLASSES)] = True
+IS_OBJECT = np.zeros(256, bool)
+IS_OBJECT[list(OBJECT_CLASSES)] = True
 
 
 # ----- counting ---------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def tile_masks(true_labels: np.ndarray, seen: np.ndarray | None = None) -> dict[
     if seen is not None:
         seen = np.asarray(seen)
         visible = seen != UNSEEN
-        masks["persistent"] = visible & (seen == true_labels) & ~_IS_OBJECT[true_labels]
+        masks["persistent"] = visible & (seen == true_labels) & ~IS_OBJECT[true_labels]
         masks["changed"] = visible & (seen != true_labels)
         masks["new"] = ~visible
     return masks
@@ -196,7 +196,7 @@ def shift_scores(prev_labels: np.ndarray, next_labels: np.ndarray) -> np.ndarray
         c0, c1 = max(0, -dx), VIEW_COLS - max(0, dx)
         a = next_labels[..., r0:r1, c0:c1]
         b = prev_labels[..., r0 + dy:r1 + dy, c0 + dx:c1 + dx]
-        valid = ~_IS_OBJECT[a] & ~_IS_OBJECT[b]
+        valid = ~IS_OBJECT[a] & ~IS_OBJECT[b]
         n = valid.sum((-2, -1))
         out[..., i] = np.where(n > 0, ((a == b) & valid).sum((-2, -1)) / np.maximum(n, 1), 0.0)
     return out
@@ -296,7 +296,7 @@ def revisit_scores(pred_labels: np.ndarray, true_labels: np.ndarray, pos: np.nda
     at = (dx == 0) & (dy == 0)
     real_there = at & (true_labels == placed)
     tally.add("revisit_block_kept", float((real_there & (pred_labels == placed)).sum()), int(real_there.sum()))
-    area = (np.abs(dx) <= radius) & (np.abs(dy) <= radius) & ~_IS_OBJECT[true_labels]
+    area = (np.abs(dx) <= radius) & (np.abs(dy) <= radius) & ~IS_OBJECT[true_labels]
     tally.add("revisit_area", float(((pred_labels == true_labels) & area).sum()), int(area.sum()))
     return tally
 

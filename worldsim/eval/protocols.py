@@ -7,6 +7,8 @@
 3. ``revisits``: the recorder's A -> B -> A events: context ends when the block is placed at A, the
    world plays the real actions until the player stands beside A again: is the block still there,
    and does the area around A look as it did?
+   ``revisits_own``: the same events followed in the world's own walk (the block's cell tracked with the
+   walk the world's frames show, the area compared with what the world itself showed before leaving).
 4. Action following is scored inside ``one_step`` (and open-loop inside ``long_run``).
 5. ``long_run``: 1000+ frames of play with the recorded actions: do the tile classes stay those of
    a Crafter world, and how many tiles does no texture explain?
@@ -31,7 +33,7 @@ import numpy as np
 
 from worldsim.actions import ACTION_NAMES
 from worldsim.eval import metrics as M
-from worldsim.eval.tiles import PLAYER_COL, PLAYER_ROW, get_classifier
+from worldsim.eval.tiles import PLAYER_COL, PLAYER_ROW, VIEW_COLS, VIEW_ROWS, get_classifier
 
 EVAL_SEEDS_START = 1_000_000       # held-out env seeds (worldsim.data.format.EVAL_SEEDS_START)
 LOOKING = 4                         # recorder segment label: standing beside A, facing it
@@ -427,6 +429,100 @@ def revisits(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
     return out, samples
 
 
+def _true_pos(session: Any) -> np.ndarray | None:
+    """The player's real position (x, y) where the session is a real game (RealGameSession), else None."""
+    pos = getattr(getattr(session, "env", None), "pos", None)
+    return None if pos is None else np.asarray(pos, np.int64).copy()
+
+
+def _return_after_gap(on: np.ndarray, gap: int) -> tuple[int, int] | None:
+    """(departure, return): the first frame indices of ``on`` (bool (T,)) where a True follows more than
+    ``gap`` Falses, and the last True before them; None where that never happens."""
+    last = -1
+    for j in np.flatnonzero(on):
+        if last >= 0 and j - last - 1 > gap:
+            return int(last), int(j)
+        last = int(j)
+    return None
+
+
+def revisits_own(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress: bool = True,
+                 label: str = "model") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A -> B -> A in the world's own walk: the same events and real actions as ``revisits``, but the block's
+    cell is followed with the player's walk as the world's frames show it, not the recorded one.
+
+    Why: replaying the actions open loop, a world whose walk left the recorded one (a creature that stepped
+    elsewhere and blocked a move) is scored where its player is not; the real game itself with other luck
+    keeps the block at the recorded cell in only ~38% of frames. Here the walk is estimated from the frames
+    (worldsim.memory.track_poses: the view shift and Crafter's walkable rule, what the engine's memory uses),
+    the block's cell is placed in it by the real offset at the placing, and once the world's walk has had the
+    cell out of view for more than the context and brings it back on screen, each frame that shows the cell is
+    scored: the block there (``block_kept``), the cells within one tile of it (``area``) and the whole view
+    (``view``) as the world itself last showed them before it left (the perfect-memory reference scores 1 by
+    construction; creatures and the player's tile are not scored). A world whose sessions expose the real
+    position (the real game, ``RealGameWorld``) also scores the walk estimate (``pose_steps_right``).
+    """
+    from worldsim.memory import track_poses
+
+    k = cfg.context
+    evs = _events(episodes, cfg.revisits)
+    if not evs:
+        return {"events": 0}, {}
+    clf = get_classifier(episodes[0].frames.shape[1])
+    tally, pose = M.Tally(), M.Tally()
+    returned, gaps = 0, []
+    samples: dict[str, np.ndarray] = {}
+    plans = [(e, *map(int, row)) for e, row in evs]
+    plans = [(e, t_place, look_end(episodes[e], t_back, cfg), x, y, placed) for e, t_place, _, t_back, x, y, placed in plans]
+    bar = _bar(sum(p[2] - p[1] for p in plans), f"revisits in the world's own walk [{label}]", progress)
+    for i, (e, t_place, t_end, x, y, placed) in enumerate(plans):
+        ep = episodes[e]
+        frames, acts = ep.context(t_place, k)
+        session = world.new_session(context=frames, actions=acts, seed=cfg.sample_seed + i)
+        n = t_end - t_place
+        out = np.empty((n + 1,) + ep.frames.shape[1:], np.uint8)
+        out[0] = frames[-1]
+        truth = [_true_pos(session)]
+        for j in range(n):
+            out[j + 1] = session.step(ACTION_NAMES[int(ep.actions[t_place + j])])
+            truth.append(_true_pos(session))
+            bar.update(1)
+        walk = track_poses(out, ep.actions[t_place:t_end + 1])
+        if truth[0] is not None:
+            real = np.stack(truth)
+            pose.add("pose_steps_right", (np.diff(walk, axis=0) == np.diff(real, axis=0)).all(-1))
+        labels = clf.classify(out).labels  # lighting read from each frame: there is no real frame to borrow it from
+        d = (np.array([x, y]) - ep.pos[t_place])[None] - walk  # the block's cell relative to the player
+        on = (np.abs(d[:, 0]) <= PLAYER_COL) & (np.abs(d[:, 1]) <= PLAYER_ROW)
+        back = _return_after_gap(on, k)
+        if back is None:
+            continue
+        dep, ret = back
+        returned += 1
+        gaps.append(ret - dep - 1)
+        idx = np.flatnonzero(on[ret:]) + ret
+        lab = labels[idx]
+        ref = M.last_seen(labels[:dep + 1], walk[:dep + 1], walk[idx])  # the world's own view up to its departure
+        rows, cols = PLAYER_ROW + d[idx, 1], PLAYER_COL + d[idx, 0]
+        tally.add("block_kept", lab[np.arange(len(idx)), rows, cols] == placed)
+        scored = (ref != M.UNSEEN) & ~M.IS_OBJECT[ref] & ~M.IS_OBJECT[lab]
+        scored[:, PLAYER_ROW, PLAYER_COL] = False
+        near = (np.abs(np.arange(VIEW_ROWS)[None, :, None] - rows[:, None, None]) <= 1) & \
+               (np.abs(np.arange(VIEW_COLS)[None, None, :] - cols[:, None, None]) <= 1)
+        tally.add("area", (lab == ref)[scored & near])
+        tally.add("view", (lab == ref)[scored])
+        if not samples:
+            samples = {"frames": out, "poses": walk, "target": np.array([x, y]) - ep.pos[t_place], "t": np.array([t_place, dep, ret])}
+    bar.close()
+    result: dict[str, Any] = {"events": len(plans), "returned": returned, "context": k,
+                              "gap_frames_mean": float(np.mean(gaps)) if gaps else None}
+    result.update(_rates(tally, ["block_kept", "area", "view"]))
+    result["frames_back"] = result.pop("block_kept_n")
+    if pose.counts:
+        result.update(_rates(pose, ["pose_steps_right"]))
+    return result, samples
+
+
 # ----- 5. long-run stability ---------------------------------------------------------------------
 def reference_histogram(episodes: Sequence[Episode]) -> np.ndarray:
     """Class distribution of the real game's view tiles over all episodes (NUM_CLASSES,)."""
@@ -537,7 +633,7 @@ def validate_classifier(episodes: Sequence[Episode], max_frames: int = 4000) -> 
 
 # ----- everything --------------------------------------------------------------------------------
 PROTOCOLS: dict[str, Callable[..., tuple[dict[str, Any], dict[str, np.ndarray]]]] = {
-    "one_step": one_step, "rollouts": rollouts, "revisits": revisits, "long_run": long_run,
+    "one_step": one_step, "rollouts": rollouts, "revisits": revisits, "revisits_own": revisits_own, "long_run": long_run,
 }
 
 

@@ -357,6 +357,18 @@ def markdown(report: Mapping[str, Any]) -> str:
                       "moves exactly like the game would score.", ""]
         if "revisit.png" in report["plots"]:
             lines += ["![revisit example](revisit.png)", ""]
+    if "revisits_own" in res and res["revisits_own"]["model"].get("events"):
+        m, b = res["revisits_own"]["model"], res["revisits_own"]["copy_last"]
+        lines += ["## Revisits A → B → A in the world's own walk", "",
+                  f"The same {m['events']} events and real actions; the block's cell is followed with the walk the world's "
+                  f"own frames show. {m['returned']} events came back (the world's walk had A out of view for more than "
+                  f"the {m['context']}-frame context, {'–' if m['gap_frames_mean'] is None else round(m['gap_frames_mean'])} frames on average, then showed it "
+                  f"again): {m['frames_back']} frames scored (copy-last: {b.get('returned', 0)} events came back).", ""]
+        rows = [("block still at A", "block_kept"), ("area around A as the world showed it before leaving", "area"),
+                ("whole view as the world showed it before leaving", "view"),
+                ("walk estimate right (worlds that expose the real position)", "pose_steps_right")]
+        lines += ["| | world |", "|---|---:|"]
+        lines += [f"| {a} | {_fmt(m.get(k), '%')} |" for a, k in rows if m.get(k) is not None] + [""]
     if "long_run" in res and res["long_run"]["model"].get("runs"):
         m, b = res["long_run"]["model"], res["long_run"]["copy_last"]
         lines += [f"## Long-run stability ({m['runs']} × {m['length']} frames, real actions)", "",
