@@ -296,17 +296,20 @@ def memory_slots(bank: MemoryBank, kv: MemoryKV, backend, rows: np.ndarray, firs
 
 
 def fill_uncovered(bank: MemoryBank, latent: np.ndarray, frame: np.ndarray, prev_pose: np.ndarray, pose: np.ndarray,
-                   light: float | None, entry_pixels) -> tuple[np.ndarray, int]:
+                   light: float | None, entry_pixels, relit_entry=None) -> tuple[np.ndarray, int]:
     """Copy into ``latent`` (C,g,g) of a new frame at ``pose`` the tokens of the world cells its move uncovered
     (in view from ``pose``, not from ``prev_pose``) from the newest bank view of each cell: -> (latent, tiles filled).
 
     Why: the model invents what enters the view; where the session has seen that cell before, the bank
     knows what is there. One latent token is one tile, so a cell's token moves between views unchanged.
-    Cells are left to the model where the remembered view was under other light (daylight differs by more
-    than cfg.fill_light_tol: a day tile in a night frame), where either the remembered tile or the model's
-    new tile is a creature or an arrow (they move: a cow is not remembered in place, a zombie walking in
-    is not erased), and where the frame's light is unknown. ``frame`` uint8 (S,S,3) is the decoded new
-    frame; ``entry_pixels(row)`` decodes bank entry ``row`` (the caller caches it).
+    A remembered view under other light (daylight differs by more than cfg.fill_light_tol: a day tile in a
+    night frame) gives its cells as ``relit_entry(row, light)`` -> (latent (C,g,g), pixels uint8 (S,S,3)) draws
+    that view at the new frame's light (engine.rules.relight, encoded again: the game's lighting is a
+    function of the daylight, so a remembered tile is what the game would show now); without ``relit_entry``
+    such cells are left to the model. Cells are also left to the model where either the remembered tile or
+    the model's new tile is a creature or an arrow (they move: a cow is not remembered in place, a zombie
+    walking in is not erased), and where the frame's light is unknown. ``frame`` uint8 (S,S,3) is the decoded
+    new frame; ``entry_pixels(row)`` decodes bank entry ``row`` (the caller caches it).
     """
     from worldsim.eval.tiles import OBJECT_CLASSES
     from worldsim.memory import read_view_tiles
@@ -316,7 +319,8 @@ def fill_uncovered(bank: MemoryBank, latent: np.ndarray, frame: np.ndarray, prev
     if light is None or not np.isfinite(light) or len(bank) == 0 or (pose == prev_pose).all():
         return latent, 0
     cells = needed_cells(pose[None], prev_pose[None])  # (M,2) (x, y)
-    ok = np.abs(bank.light - light) <= cfg.fill_light_tol  # NaN (unknown) compares False
+    near = np.abs(bank.light - light) <= cfg.fill_light_tol  # NaN (unknown or asleep) compares False
+    ok = np.isfinite(bank.light) if relit_entry is not None else near
     rows = np.nonzero(ok)[0]
     if len(cells) == 0 or len(rows) == 0:
         return latent, 0
@@ -337,11 +341,14 @@ def fill_uncovered(bank: MemoryBank, latent: np.ndarray, frame: np.ndarray, prev
             continue
         ep = bank.pose[row]
         er, ec = cells[m, 1] - ep[1] + HALF_Y, cells[m, 0] - ep[0] + HALF_X  # where the remembered view shows them
-        there = read_view_tiles(entry_pixels(int(row)), er * VIEW_COLS + ec, (float(bank.light[row]), False))
+        if near[row]:
+            src, px, px_light = bank.latent(int(row)), entry_pixels(int(row)), float(bank.light[row])
+        else:
+            (src, px), px_light = relit_entry(int(row), float(light)), float(light)
+        there = read_view_tiles(px, er * VIEW_COLS + ec, (px_light, False))
         if there is None:
             continue
         keep = ~np.isin(there, OBJECT_CLASSES)
-        src = bank.latent(int(row))
         out[:, r[m][keep], c[m][keep]] = src[:, er[keep], ec[keep]]
         filled += int(keep.sum())
     return out, filled

@@ -435,6 +435,7 @@ class Session:
         self._mem_kv = MemoryKV(keep=4 * self._mem_cfg.slots + 8) if self._mem_cfg is not None else None
         self._mem_empty: tuple[np.ndarray, ...] | None = None
         self._mem_px: dict[bytes, np.ndarray] = {}  # decoded bank entries for the fill (derived, not state)
+        self._mem_relit: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # ... relit to another daylight (derived)
         # the tile hold's last reading: (frame key, its lighting, its view labels) (derived, not state: a frame
         # read afresh with the same lighting gives the same labels)
         self._hold_labels: tuple[bytes | None, Any, np.ndarray | None] = (None, None, None)
@@ -746,9 +747,10 @@ class Session:
                 z, changed = out[0, i], 0
                 if bank is not None:
                     new_pose = pose + move
-                    lights[i] = np.nan if lit is None else lit[0]
+                    lights[i] = np.nan if lit is None or lit[1] else lit[0]  # a sleeper's dark view is no tile source
                     if bank.cfg.fill:
-                        z, n = fill_uncovered(bank, z, frames[i], pose, new_pose, None if lit is None else lit[0], self._entry_pixels)
+                        z, n = fill_uncovered(bank, z, frames[i], pose, new_pose, None if lit is None or lit[1] else lit[0],
+                                              self._entry_pixels, self._relit_entry)
                         filled, changed = filled + n, changed + n
                     pose = poses[i] = new_pose
                 labels = None
@@ -842,6 +844,20 @@ class Session:
         while len(self._mem_px) > 32:
             self._mem_px.pop(next(iter(self._mem_px)))
         return px
+
+    def _relit_entry(self, row: int, light: float) -> tuple[np.ndarray, np.ndarray]:
+        """Bank entry ``row`` as the game would draw it at daylight ``light``: -> (latent (C,g,g), pixels uint8
+        (H,W,3)) (engine.rules.relight of the decoded entry, encoded again; cached by the latent and the light)."""
+        z = self._state.memory.latent(row)
+        key = z.tobytes() + np.float32(light).tobytes()
+        hit = self._mem_relit.pop(key, None)
+        if hit is None:
+            px = relight(self._entry_pixels(row), float(self._state.memory.light[row]), light)
+            hit = (self.world.backend.encode(px[None])[0], px)
+        self._mem_relit[key] = hit  # most recently used last
+        while len(self._mem_relit) > 32:
+            self._mem_relit.pop(next(iter(self._mem_relit)))
+        return hit
 
 
 NOOP, SLEEP = ACTION_NAMES.index("noop"), ACTION_NAMES.index("sleep")

@@ -209,6 +209,16 @@ def test_fill_copies_remembered_cells_into_the_uncovered_column(monkeypatch):
     # a cell never seen (x = -8 when stepping left of -3) stays the model's
     z, n = fill_uncovered(bank, model, new_px, np.array([-3, 0]), np.array([-4, 0]), 0.95, lambda row: old_px)
     assert n == 0
+    # with a way to draw a remembered view at another light, a view lit otherwise gives its cells relit
+    calls = []
+
+    def relit(row, light):
+        calls.append((row, light))
+        return bank.latent(row) + 1000.0, old_px
+
+    z, n = fill_uncovered(bank, model, new_px, np.array([-3, 0]), np.array([-2, 0]), 0.5, lambda row: old_px, relit)
+    assert n == 5 and calls == [(2, 0.5)]
+    np.testing.assert_array_equal(z[:, filled], want[:, filled] + 1000.0)
 
 
 def test_memory_session_fills_and_can_turn_it_off(world_dir):
