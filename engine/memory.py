@@ -37,10 +37,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from worldsim.actions import NULL_ACTION
+from worldsim.eval.tiles import ARROW, COW, PLAYER, SKELETON, ZOMBIE
 from worldsim.memory import (DEFAULT_CELL, HALF_X, HALF_Y, VIEW_COLS, VIEW_ROWS, memory_shift, move_delta, needed_cells,
-                             newest_views, retrieve)
+                             retrieve)
 
 MEMORY_VERSION = 1
+# what moves by itself: the tile map does not record it, and the fill leaves it where the model draws it (a plant
+# stays where it was planted: it is remembered, and one drawn where the map knows other ground is replaced)
+MOVERS = (PLAYER, COW, ZOMBIE, SKELETON, ARROW)
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,9 @@ class MemoryConfig:
     cell: tuple[int, int] = DEFAULT_CELL  # (x, y) size of a pose cell: a new frame replaces the entry of its cell
     max_age: int = 1000  # memory time offsets are clamped to -this (training clips never see older ones)
     min_owned: int = 1  # an entry is given to the model only if it is the newest view of this many needed cells
-    fill: bool = True  # tiles a move uncovers are copied from the newest bank view of their cell (see fill_uncovered)
-    fill_light_tol: float = 0.15  # ... only from views whose daylight is this close to the current frame's
+    fill: bool = True  # tiles a move uncovers come from the tile map: the newest view of their cell (see fill_uncovered)
+    fill_light_tol: float = 0.15  # ... copied as they are from views this close in daylight, relit from the others
+    tiles: int = 4096  # world cells the tile map keeps at most (a Crafter world has 64 x 64)
 
     def validate(self) -> None:
         """Raise ValueError for impossible settings."""
@@ -65,6 +70,111 @@ class MemoryConfig:
             raise ValueError(f"memory config: fill_light_tol must be in [0, 1], got {self.fill_light_tol}")
         if len(self.cell) != 2 or min(self.cell) < 1:
             raise ValueError(f"memory config: cell must be two sizes >= 1, got {self.cell}")
+        if self.tiles < 64:
+            raise ValueError(f"memory config: tiles (the tile map's capacity) must be >= 64, got {self.tiles}")
+
+
+class TileMap:
+    """The newest view of every world cell the session has seen, by cell (x, y) in its pose coordinates: the
+    cell's latent token (C,), its pixels uint8 (u,u,3), where in the view it was (row, col), the frame's daylight
+    and index. Part of the memory state.
+
+    Why: one token is one tile in this top-down world, so a map of tokens is a perfect memory of what was seen.
+    The bank's frames cannot be: a frame replaces the one of its pose cell, and with it the only view of cells
+    at that view's edge (a block placed, then one step away: its last views are gone). Creatures, arrows and
+    the player's tile are not recorded (MOVERS): a cell keeps the view from before one stood on it.
+    Bounded: past ``capacity`` cells the oldest views are dropped.
+    """
+
+    def __init__(self, capacity: int, xy: np.ndarray | None = None, token: np.ndarray | None = None,
+                 pixels: np.ndarray | None = None, at: np.ndarray | None = None, light: np.ndarray | None = None,
+                 frame: np.ndarray | None = None):
+        self.capacity = int(capacity)
+        n = 0 if xy is None else len(xy)
+        parts = (token, pixels, at, light, frame)
+        if n and (any(a is None or len(a) != n for a in parts) or np.shape(xy)[1:] != (2,) or np.shape(at)[1:] != (2,)
+                  or np.ndim(token) != 2 or np.ndim(pixels) != 4 or np.ndim(light) != 1 or np.ndim(frame) != 1):
+            raise ValueError(f"memory: inconsistent tile map arrays for {n} cells: "
+                             f"{[None if a is None else np.shape(a) for a in (xy, *parts)]}")
+        self.xy = np.zeros((0, 2), np.int64) if xy is None else np.asarray(xy, np.int64).reshape(n, 2)
+        self.token = token if token is not None else None  # (n,C) float32; allocated on the first view
+        self.pixels = pixels if pixels is not None else None  # (n,u,u,3) uint8
+        self.at = np.zeros((0, 2), np.int64) if at is None else np.asarray(at, np.int64).reshape(n, 2)
+        self.light = np.zeros(0, np.float32) if light is None else np.asarray(light, np.float32).reshape(n)
+        self.frame = np.zeros(0, np.int64) if frame is None else np.asarray(frame, np.int64).reshape(n)
+        self._index = {(int(x), int(y)): i for i, (x, y) in enumerate(self.xy)}
+
+    def __len__(self) -> int:
+        return len(self.xy)
+
+    def lookup(self, cells: np.ndarray) -> np.ndarray:
+        """Rows of world cells (M,2) (x, y): int64 (M,), -1 where never seen."""
+        get = self._index.get
+        return np.array([get((int(x), int(y)), -1) for x, y in np.asarray(cells).reshape(-1, 2)], np.int64)
+
+    def observe(self, latent: np.ndarray, frame: np.ndarray, pose: np.ndarray, frame_index: int, light: float,
+                labels: np.ndarray) -> None:
+        """Record the view tiles of a frame (latent (C,g,g), pixels uint8 (S,S,3), its view's labels (7,9)) seen
+        from ``pose`` (x, y) under ``light``: each cell's newest view, but for creatures, arrows and the player."""
+        labels = np.asarray(labels).reshape(VIEW_ROWS, VIEW_COLS)
+        keep = ~np.isin(labels, MOVERS)
+        keep[HALF_Y, HALF_X] = False
+        rows, cols = np.nonzero(keep)
+        if not len(rows):
+            return
+        u = frame.shape[0] // latent.shape[-1]
+        tok = np.asarray(latent, np.float32)[:, rows, cols].T  # (m,C)
+        px = frame[:VIEW_ROWS * u].reshape(VIEW_ROWS, u, VIEW_COLS, u, 3).transpose(0, 2, 1, 3, 4)[rows, cols]  # (m,u,u,3)
+        xy = np.stack([pose[0] + cols - HALF_X, pose[1] + rows - HALF_Y], 1).astype(np.int64)
+        if self.token is None:
+            self.token, self.pixels = np.zeros((0, tok.shape[1]), np.float32), np.zeros((0, u, u, 3), np.uint8)
+        idx = self.lookup(xy)
+        old, new = idx >= 0, idx < 0
+        i = idx[old]
+        self.token[i], self.pixels[i], self.at[i] = tok[old], px[old], np.stack([rows, cols], 1)[old]
+        self.light[i], self.frame[i] = light, frame_index
+        if new.any():
+            start = len(self.xy)
+            self.xy = np.concatenate([self.xy, xy[new]])
+            self.token = np.concatenate([self.token, tok[new]])
+            self.pixels = np.concatenate([self.pixels, px[new]])
+            self.at = np.concatenate([self.at, np.stack([rows, cols], 1)[new]])
+            self.light = np.concatenate([self.light, np.full(int(new.sum()), light, np.float32)])
+            self.frame = np.concatenate([self.frame, np.full(int(new.sum()), frame_index, np.int64)])
+            for j, (x, y) in enumerate(xy[new]):
+                self._index[(int(x), int(y))] = start + j
+        if len(self.xy) > self.capacity:  # drop the oldest views, an eighth of the capacity at once
+            keep_rows = np.sort(np.argsort(-self.frame, kind="stable")[:self.capacity - self.capacity // 8])
+            self._take(keep_rows)
+
+    def _take(self, rows: np.ndarray) -> None:
+        self.xy, self.token, self.pixels = self.xy[rows], self.token[rows], self.pixels[rows]
+        self.at, self.light, self.frame = self.at[rows], self.light[rows], self.frame[rows]
+        self._index = {(int(x), int(y)): i for i, (x, y) in enumerate(self.xy)}
+
+    def copy(self) -> "TileMap":
+        """An independent copy (observe writes rows in place)."""
+        c = lambda a: None if a is None else a.copy()  # noqa: E731
+        return TileMap(self.capacity, self.xy.copy(), c(self.token), c(self.pixels), self.at.copy(), self.light.copy(),
+                       self.frame.copy())
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays named memory_tiles_* (empty where nothing was seen)."""
+        tok = self.token if self.token is not None else np.zeros((0, 0), np.float32)
+        px = self.pixels if self.pixels is not None else np.zeros((0, 0, 0, 3), np.uint8)
+        return {"memory_tiles_xy": self.xy, "memory_tiles_token": tok, "memory_tiles_pixels": px, "memory_tiles_at": self.at,
+                "memory_tiles_light": self.light, "memory_tiles_frame": self.frame}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], capacity: int) -> "TileMap":
+        """Inverse of to_arrays; a save from before the tile map gives an empty one."""
+        if "memory_tiles_xy" not in arrays:
+            return cls(capacity)
+        xy = arrays["memory_tiles_xy"]
+        if len(xy) == 0:
+            return cls(capacity)
+        return cls(capacity, xy, arrays["memory_tiles_token"].astype(np.float32), arrays["memory_tiles_pixels"].astype(np.uint8),
+                   arrays["memory_tiles_at"], arrays["memory_tiles_light"], arrays["memory_tiles_frame"])
 
 
 class MemoryBank:
@@ -79,9 +189,10 @@ class MemoryBank:
 
     def __init__(self, cfg: MemoryConfig, latents: list[np.ndarray] | np.ndarray, pose: np.ndarray, frame: np.ndarray,
                  trail_pose: np.ndarray, trail_frame: np.ndarray, trail_len: int, latent_shape: tuple[int, ...] | None = None,
-                 stats: dict | None = None, light: np.ndarray | None = None):
+                 stats: dict | None = None, light: np.ndarray | None = None, tiles: TileMap | None = None):
         cfg.validate()
         self.cfg = cfg
+        self.tiles = tiles if tiles is not None else TileMap(cfg.tiles)
         self._lat: list[np.ndarray] = list(latents)
         self.latent_shape = tuple(latent_shape) if latent_shape is not None else tuple(np.shape(latents)[1:])
         self._pose, self._frame = np.asarray(pose, np.int64).reshape(-1, 2), np.asarray(frame, np.int64).reshape(-1)
@@ -203,15 +314,16 @@ class MemoryBank:
     def copy(self) -> "MemoryBank":
         """A copy that shares the (never written) entry latents: O(n) pointers."""
         return MemoryBank(self.cfg, list(self._lat), self._pose.copy(), self._frame.copy(), self.trail_pose.copy(),
-                          self.trail_frame.copy(), self.trail_len, self.latent_shape, self.stats, self._light.copy())
+                          self.trail_frame.copy(), self.trail_len, self.latent_shape, self.stats, self._light.copy(), self.tiles.copy())
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays (names prefixed memory_) + JSON-able meta, for saving."""
         arrays = {"memory_latents": self.latents, "memory_pose": self.pose, "memory_frame": self.frame,
-                  "memory_trail_pose": self.trail_pose, "memory_trail_frame": self.trail_frame, "memory_light": self._light}
+                  "memory_trail_pose": self.trail_pose, "memory_trail_frame": self.trail_frame, "memory_light": self._light,
+                  **self.tiles.to_arrays()}
         c = self.cfg
         meta = {"version": MEMORY_VERSION, "slots": c.slots, "capacity": c.capacity, "cell": list(c.cell), "max_age": c.max_age,
-                "min_owned": c.min_owned, "fill": c.fill, "fill_light_tol": c.fill_light_tol, "trail_len": self.trail_len,
+                "min_owned": c.min_owned, "fill": c.fill, "fill_light_tol": c.fill_light_tol, "tiles": c.tiles, "trail_len": self.trail_len,
                 "stats": dict(self.stats)}
         return arrays, meta
 
@@ -233,14 +345,16 @@ class MemoryBank:
                              f"trail {tp.shape}/{tf.shape}")
         # fill / memory_light came later: saves without them remembered without filling
         cfg = MemoryConfig(int(meta["slots"]), int(meta["capacity"]), tuple(int(v) for v in meta["cell"]), int(meta["max_age"]),
-                           int(meta["min_owned"]), bool(meta.get("fill", False)), float(meta.get("fill_light_tol", 0.15)))
+                           int(meta["min_owned"]), bool(meta.get("fill", False)), float(meta.get("fill_light_tol", 0.15)),
+                           int(meta.get("tiles", MemoryConfig.tiles)))
         light = arrays.get("memory_light")
         if light is not None and light.shape != (n,):
             raise ValueError(f"memory: {light.shape} light values for {n} entries")
         cfg.validate()
         lat = lat.astype(np.float32)
         return cls(cfg, [lat[i].copy() for i in range(n)], pose.astype(np.int64), frame.astype(np.int64), tp.astype(np.int64),
-                   tf.astype(np.int64), int(meta["trail_len"]), lat.shape[1:], dict(meta.get("stats", {})), light)
+                   tf.astype(np.int64), int(meta["trail_len"]), lat.shape[1:], dict(meta.get("stats", {})), light,
+                   TileMap.from_arrays(arrays, cfg.tiles))
 
 
 class MemoryKV:
@@ -295,63 +409,61 @@ def memory_slots(bank: MemoryBank, kv: MemoryKV, backend, rows: np.ndarray, firs
     return k, v, t, np.ones((1, m), np.float32), bank.pose[rows].copy()
 
 
-def fill_uncovered(bank: MemoryBank, latent: np.ndarray, frame: np.ndarray, prev_pose: np.ndarray, pose: np.ndarray,
-                   light: float | None, entry_pixels, relit_entry=None) -> tuple[np.ndarray, int]:
+def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_pose: np.ndarray, pose: np.ndarray,
+                   light: float | None, light_tol: float = 0.15, encode=None, decode=None) -> tuple[np.ndarray, int]:
     """Copy into ``latent`` (C,g,g) of a new frame at ``pose`` the tokens of the world cells its move uncovered
-    (in view from ``pose``, not from ``prev_pose``) from the newest bank view of each cell: -> (latent, tiles filled).
+    (in view from ``pose``, not from ``prev_pose``) from the tile map (the newest view of each cell): -> (latent,
+    tiles filled).
 
-    Why: the model invents what enters the view; where the session has seen that cell before, the bank
-    knows what is there. One latent token is one tile, so a cell's token moves between views unchanged.
-    A remembered view under other light (daylight differs by more than cfg.fill_light_tol: a day tile in a
-    night frame) gives its cells as ``relit_entry(row, light)`` -> (latent (C,g,g), pixels uint8 (S,S,3)) draws
-    that view at the new frame's light (engine.rules.relight, encoded again: the game's lighting is a
-    function of the daylight, so a remembered tile is what the game would show now); without ``relit_entry``
-    such cells are left to the model. Cells are also left to the model where either the remembered tile or
-    the model's new tile is a creature or an arrow (they move: a cow is not remembered in place, a zombie
-    walking in is not erased), and where the frame's light is unknown. ``frame`` uint8 (S,S,3) is the decoded
-    new frame; ``entry_pixels(row)`` decodes bank entry ``row`` (the caller caches it).
+    Why: the model invents what enters the view; where the session has seen that cell before, the map knows
+    what is there. A cell seen under daylight within ``light_tol`` of the new frame's gives its token as it
+    is; one seen under other light (a day tile in a night frame) is drawn as the game would draw it now
+    (engine.rules.relight_tiles, at its new place in the view) and encoded again with ``encode`` (uint8
+    (1,S,S,3) -> (1,C,g,g)); given ``decode`` too, a relit tile the autoencoder does not give back as the same
+    kind of tile (it can fail on a tile it never saw lit so) gets the remembered token as it is (right, if lit
+    as before); without ``encode`` such cells are left to the model. Cells where the model drew a
+    creature or an arrow are left to it (MOVERS: a zombie walking in is not erased; the map holds none), and
+    nothing is filled where the frame's light is unknown (None: unreadable, or the player sleeps).
+    ``frame`` uint8 (S,S,3) is the decoded new frame.
     """
-    from worldsim.eval.tiles import OBJECT_CLASSES
+    from engine.rules import relight_tiles
     from worldsim.memory import read_view_tiles
 
-    cfg = bank.cfg
     pose, prev_pose = np.asarray(pose, np.int64).reshape(2), np.asarray(prev_pose, np.int64).reshape(2)
-    if light is None or not np.isfinite(light) or len(bank) == 0 or (pose == prev_pose).all():
+    if light is None or not np.isfinite(light) or len(tiles) == 0 or (pose == prev_pose).all():
         return latent, 0
     cells = needed_cells(pose[None], prev_pose[None])  # (M,2) (x, y)
-    near = np.abs(bank.light - light) <= cfg.fill_light_tol  # NaN (unknown or asleep) compares False
-    ok = np.isfinite(bank.light) if relit_entry is not None else near
-    rows = np.nonzero(ok)[0]
-    if len(cells) == 0 or len(rows) == 0:
-        return latent, 0
-    seen, owner = newest_views(bank.pose[rows], bank.frame[rows], cells)
+    rows = tiles.lookup(cells)
+    seen = rows >= 0
     if not seen.any():
         return latent, 0
-    owner, cells = rows[owner], cells[seen]  # the newest view of each seen cell
+    cells, rows = cells[seen], rows[seen]
     r, c = cells[:, 1] - pose[1] + HALF_Y, cells[:, 0] - pose[0] + HALF_X  # where the new frame shows each cell
-    here = read_view_tiles(frame, r * VIEW_COLS + c, (light, False))
+    here = read_view_tiles(frame, r * VIEW_COLS + c, (float(light), False))
     if here is None:
         return latent, 0
-    objects = np.isin(here, OBJECT_CLASSES)
-    out = latent.copy()
-    filled = 0
-    for row in np.unique(owner):
-        m = (owner == row) & ~objects
-        if not m.any():
-            continue
-        ep = bank.pose[row]
-        er, ec = cells[m, 1] - ep[1] + HALF_Y, cells[m, 0] - ep[0] + HALF_X  # where the remembered view shows them
-        if near[row]:
-            src, px, px_light = bank.latent(int(row)), entry_pixels(int(row)), float(bank.light[row])
-        else:
-            (src, px), px_light = relit_entry(int(row), float(light)), float(light)
-        there = read_view_tiles(px, er * VIEW_COLS + ec, (px_light, False))
-        if there is None:
-            continue
-        keep = ~np.isin(there, OBJECT_CLASSES)
-        out[:, r[m][keep], c[m][keep]] = src[:, er[keep], ec[keep]]
-        filled += int(keep.sum())
-    return out, filled
+    ok = ~np.isin(here, MOVERS)
+    near = ok & (np.abs(tiles.light[rows] - light) <= light_tol)
+    far = ok & ~near if encode is not None else np.zeros_like(ok)
+    out = np.array(latent, np.float32, copy=True)
+    out[:, r[near], c[near]] = tiles.token[rows[near]].T
+    if far.any():
+        u = frame.shape[0] // latent.shape[-1]
+        relit = relight_tiles(tiles.pixels[rows[far]], tiles.light[rows[far]], tiles.at[rows[far]], float(light),
+                              np.stack([r[far], c[far]], 1))
+        canvas = np.array(frame, copy=True)
+        for (i, j), px in zip(zip(r[far], c[far]), relit):
+            canvas[i * u:(i + 1) * u, j * u:(j + 1) * u] = px
+        z = encode(canvas[None])[0]  # one token is one tile: the relit tiles' tokens, read off the whole frame
+        tok = z[:, r[far], c[far]]
+        if decode is not None:
+            idx = r[far] * VIEW_COLS + c[far]
+            want, got = read_view_tiles(canvas, idx, (float(light), False)), read_view_tiles(decode(z[None])[0], idx, (float(light), False))
+            if want is not None and got is not None:
+                bad = want != got
+                tok[:, bad] = tiles.token[rows[far][bad]].T
+        out[:, r[far], c[far]] = tok
+    return out, int(near.sum() + far.sum())
 
 
 def slot_shift(poses: np.ndarray, pose: np.ndarray) -> np.ndarray:

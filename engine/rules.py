@@ -210,6 +210,7 @@ def _vignette(h: int, w: int) -> np.ndarray:
     return 1 - np.exp(-0.5 * (x ** 2 + y ** 2) / 0.25)
 
 
+@functools.lru_cache(maxsize=64)  # a few daylights recur (the estimates come in steps of 0.005); read-only arrays
 def _light_terms(daylight: float, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per pixel, lit = a * C + c * luma(C) + b for the unlit view C: -> a, c (h,w,1), b (h,w,3)."""
     d = float(daylight)
@@ -220,19 +221,44 @@ def _light_terms(daylight: float, h: int, w: int) -> tuple[np.ndarray, np.ndarra
     return a, c, b
 
 
+def _unlight(v: np.ndarray, a: np.ndarray, c: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pixels float (...,3) lit with the terms a, c, b of _light_terms -> the unlit colours (night noise as its mean)."""
+    y = v - b
+    luma = (y @ _LUMA)[..., None] / (a + c)
+    return np.clip((y - c * luma) / a, 0, 255)
+
+
+def _light(unlit: np.ndarray, a: np.ndarray, c: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Unlit colours float (...,3) lit with the terms a, c, b -> uint8."""
+    return np.clip(np.rint(a * unlit + c * (unlit @ _LUMA)[..., None] + b), 0, 255).astype(np.uint8)
+
+
 def relight(frame: np.ndarray, daylight_from: float, daylight_to: float, view_rows: int = 7) -> np.ndarray:
     """A frame uint8 (S,S,3) lit at ``daylight_from`` as Crafter would light it at ``daylight_to``: the world
     view (the top ``view_rows`` of 9 tile rows) is unlit and lit again; the inventory rows are not lit."""
     S = frame.shape[0]
     h = view_rows * (S // 9)
-    v = frame[:h].astype(np.float64)
-    a, c, b = _light_terms(daylight_from, h, frame.shape[1])
-    y = v - b
-    luma = (y @ _LUMA)[..., None] / (a + c)
-    unlit = np.clip((y - c * luma) / a, 0, 255)
-    a, c, b = _light_terms(daylight_to, h, frame.shape[1])
+    unlit = _unlight(frame[:h].astype(np.float64), *_light_terms(daylight_from, h, frame.shape[1]))
     out = frame.copy()
-    out[:h] = np.clip(np.rint(a * unlit + c * (unlit @ _LUMA)[..., None] + b), 0, 255).astype(np.uint8)
+    out[:h] = _light(unlit, *_light_terms(daylight_to, h, frame.shape[1]))
+    return out
+
+
+def relight_tiles(tiles: np.ndarray, daylight_from: np.ndarray, at_from: np.ndarray, daylight_to: float, at_to: np.ndarray,
+                  view: tuple[int, int] = (7, 9)) -> np.ndarray:
+    """View tiles uint8 (m,u,u,3), each seen at view tile (row, col) ``at_from`` (m,2) under daylight
+    ``daylight_from`` (m,), as Crafter would draw them at view tile ``at_to`` (m,2) under ``daylight_to``: ``relight``
+    tile by tile (the night's vignette depends on where in the view a tile is)."""
+    tiles = np.asarray(tiles)
+    m, u = len(tiles), tiles.shape[1]
+    h, w = view[0] * u, view[1] * u
+    out = np.empty_like(tiles)
+    to = _light_terms(float(daylight_to), h, w)
+    for i in range(m):
+        (r0, c0), (r1, c1) = at_from[i], at_to[i]
+        src = tuple(t[r0 * u:(r0 + 1) * u, c0 * u:(c0 + 1) * u] for t in _light_terms(float(daylight_from[i]), h, w))
+        dst = tuple(t[r1 * u:(r1 + 1) * u, c1 * u:(c1 + 1) * u] for t in to)
+        out[i] = _light(_unlight(tiles[i].astype(np.float64), *src), *dst)
     return out
 
 

@@ -31,7 +31,7 @@ from worldsim.actions import ACTION_NAMES, NULL_ACTION, action_index
 from worldsim.diffusion import FlowSampler
 from worldsim.io import atomic_path, read_json
 from worldsim.eval.tiles import daylight_at
-from worldsim.memory import estimate_move, frame_lighting, target_walkable, track_poses
+from worldsim.memory import VIEW_COLS, VIEW_ROWS, estimate_move, frame_lighting, read_view_tiles, target_walkable, track_poses
 
 WORLD_FORMAT = "worldsim-world"
 WORLD_VERSION = 1
@@ -434,8 +434,6 @@ class Session:
         self._mem_cfg = world.memory_config
         self._mem_kv = MemoryKV(keep=4 * self._mem_cfg.slots + 8) if self._mem_cfg is not None else None
         self._mem_empty: tuple[np.ndarray, ...] | None = None
-        self._mem_px: dict[bytes, np.ndarray] = {}  # decoded bank entries for the fill (derived, not state)
-        self._mem_relit: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # ... relit to another daylight (derived)
         # the tile hold's last reading: (frame key, its lighting, its view labels) (derived, not state: a frame
         # read afresh with the same lighting gives the same labels)
         self._hold_labels: tuple[bytes | None, Any, np.ndarray | None] = (None, None, None)
@@ -534,6 +532,9 @@ class Session:
             bank = self._new_memory()
             for i, p in enumerate(track_poses(frames, np.asarray(acts[:T], np.int64))):
                 bank.observe(z_all[i], i, p, lights[i])
+                labels = read_view_tiles(frames[i], np.arange(VIEW_ROWS * VIEW_COLS), lits[i]) if np.isfinite(lights[i]) else None
+                if labels is not None:
+                    bank.tiles.observe(z_all[i], frames[i], p, i, lights[i], labels)
             self._state.memory = bank
 
     def _start_life(self, frames: np.ndarray, lit: list, z: np.ndarray, first: int) -> None:
@@ -749,8 +750,8 @@ class Session:
                     new_pose = pose + move
                     lights[i] = np.nan if lit is None or lit[1] else lit[0]  # a sleeper's dark view is no tile source
                     if bank.cfg.fill:
-                        z, n = fill_uncovered(bank, z, frames[i], pose, new_pose, None if lit is None or lit[1] else lit[0],
-                                              self._entry_pixels, self._relit_entry)
+                        z, n = fill_uncovered(bank.tiles, z, frames[i], pose, new_pose, None if lit is None or lit[1] else lit[0],
+                                              bank.cfg.fill_light_tol, w.backend.encode, w.backend.decode)
                         filled, changed = filled + n, changed + n
                     pose = poses[i] = new_pose
                 labels = None
@@ -765,6 +766,11 @@ class Session:
                 if changed:  # the fill: decode (the held tokens bring their tiles back the same way)
                     out[0, i], frames[i], labels = z, w.backend.decode(z[None])[0], None
                 self._hold_labels = (None, None, None) if labels is None else (_frame_key(frames[i]), _lit_key(lit), labels)
+                if bank is not None and lit is not None and not lit[1]:  # the tile map: each cell's newest view
+                    if labels is None:
+                        labels = read_view_tiles(frames[i], np.arange(VIEW_ROWS * VIEW_COLS), lit)
+                    if labels is not None:
+                        bank.tiles.observe(out[0, i], frames[i], pose, st.frame_index + 1 + i, float(lit[0]), labels)
             prev, prev_z, prev_lit = frames[i], out[0, i], lit
         if hold:
             st.extra["hold_lit"] = None if lit is None else [float(lit[0]), bool(lit[1])]
@@ -832,32 +838,6 @@ class Session:
         faced tile walkable?) deciding where the view alone is ambiguous (worldsim.memory.estimate_move).
         """
         return np.asarray(estimate_move(prev, frame, action, walkable), np.int64)
-
-    def _entry_pixels(self, row: int) -> np.ndarray:
-        """Bank entry ``row`` decoded, uint8 (H,W,3) (cached by the latent's bytes: exact after any restore)."""
-        z = self._state.memory.latent(row)
-        key = z.tobytes()
-        px = self._mem_px.pop(key, None)
-        if px is None:
-            px = self.world.backend.decode(np.asarray(z, np.float32)[None])[0]
-        self._mem_px[key] = px  # most recently used last
-        while len(self._mem_px) > 32:
-            self._mem_px.pop(next(iter(self._mem_px)))
-        return px
-
-    def _relit_entry(self, row: int, light: float) -> tuple[np.ndarray, np.ndarray]:
-        """Bank entry ``row`` as the game would draw it at daylight ``light``: -> (latent (C,g,g), pixels uint8
-        (H,W,3)) (engine.rules.relight of the decoded entry, encoded again; cached by the latent and the light)."""
-        z = self._state.memory.latent(row)
-        key = z.tobytes() + np.float32(light).tobytes()
-        hit = self._mem_relit.pop(key, None)
-        if hit is None:
-            px = relight(self._entry_pixels(row), float(self._state.memory.light[row]), light)
-            hit = (self.world.backend.encode(px[None])[0], px)
-        self._mem_relit[key] = hit  # most recently used last
-        while len(self._mem_relit) > 32:
-            self._mem_relit.pop(next(iter(self._mem_relit)))
-        return hit
 
 
 NOOP, SLEEP = ACTION_NAMES.index("noop"), ACTION_NAMES.index("sleep")

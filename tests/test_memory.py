@@ -174,51 +174,99 @@ def _world_view(pose: tuple[int, int]) -> np.ndarray:
 
 
 def test_fill_copies_remembered_cells_into_the_uncovered_column(monkeypatch):
-    """The player walked left from (0, 0) to (-3, 0) and steps back right to (-2, 0): the new column x = 2 was
-    last seen from (-2, 0) (frame 2); its tokens come from there, except where the model drew a creature, where the
-    remembered tile was one, or where the remembered view was lit otherwise."""
-    from engine.memory import fill_uncovered
+    """The player walked left from (0, 0) to (-3, 0) and steps back right to (-2, 0): the new column x = 2 comes from
+    the tile map (each cell's newest view), except where the model drew a creature. A creature seen on a cell is not
+    recorded (the cell keeps its view from before); a view under other light is relit and encoded again."""
+    from engine.memory import TileMap, fill_uncovered
+    from engine.rules import relight_tiles
 
-    new_px, old_px = np.full((72, 72, 3), 1, np.uint8), np.full((72, 72, 3), 2, np.uint8)
+    new_px = np.full((72, 72, 3), 1, np.uint8)
     cow_here = 3 * 9 + 8  # the model drew a cow at row 3 of the new column
-    zombie_there = 0 * 9 + 8  # the remembered view (from (-2, 0)) had a zombie at (2, -3)
 
     def labels(frame, tiles, lighting=None):
         tiles = np.asarray(tiles)
-        bad = cow_here if frame[0, 0, 0] == 1 else zombie_there
-        return np.where(tiles == bad, 14, 2)
+        if frame.max() == 0:  # a black frame (the failed decode below) reads as sand
+            return np.full(len(tiles), 5)
+        return np.where(tiles == cow_here, 14, 2)
 
     monkeypatch.setattr("worldsim.memory.read_view_tiles", labels)
-    bank = MemoryBank.empty(MemoryConfig(slots=0, fill=True, cell=(1, 1)), LATENT, trail_len=4)
+    tiles = TileMap(4096)
+    seen_px = np.random.default_rng(0).integers(0, 256, (72, 72, 3), dtype=np.uint8)
     for i, x in enumerate(range(0, -4, -1)):
-        bank.observe(_world_view((x, 0)) + (i == 0), i, np.array([x, 0]), light=0.9)  # frame 0's tokens are off by one
+        lab = np.full((7, 9), 2)
+        if x == -2:
+            lab[0, 8] = 15  # frame 2 saw a zombie on (2, -3): that cell keeps frame 1's view
+        z = _world_view((x, 0)) + 1000.0 * (x == -1)  # frame 1's tokens are marked
+        tiles.observe(z, seen_px, np.array([x, 0]), i, 0.9, lab)
     model = np.full(LATENT, -1.0, np.float32)  # what the model invented
-    z, n = fill_uncovered(bank, model, new_px, np.array([-3, 0]), np.array([-2, 0]), 0.95, lambda row: old_px)
+    z, n = fill_uncovered(tiles, model, new_px, np.array([-3, 0]), np.array([-2, 0]), 0.95)
     want = _world_view((-2, 0))
+    want[:, 0, 8] += 1000.0  # from frame 1
     filled = np.zeros((9, 9), bool)
     filled[:7, 8] = True
-    filled[3, 8] = filled[0, 8] = False  # the cow the model drew stays; the remembered zombie is not brought back
-    assert n == 5
+    filled[3, 8] = False  # the cow the model drew stays
+    assert n == 6
     np.testing.assert_array_equal(z[:, filled], want[:, filled])
     np.testing.assert_array_equal(z[:, ~filled], model[:, ~filled])
     assert (model == -1).all()  # the input is not written
-    # other light (a day view into a night frame), unknown light, or no move: nothing is filled
-    for light, prev in ((0.5, (-3, 0)), (None, (-3, 0)), (0.95, (-2, 0))):
-        z, n = fill_uncovered(bank, model, new_px, np.array(prev), np.array([-2, 0]), light, lambda row: old_px)
+    # unknown light, or no move: nothing is filled; other light without a way to encode: nothing either
+    for light, prev in ((None, (-3, 0)), (0.95, (-2, 0)), (0.5, (-3, 0))):
+        z, n = fill_uncovered(tiles, model, new_px, np.array(prev), np.array([-2, 0]), light)
         assert n == 0 and np.array_equal(z, model)
+    # other light with an encoder: the remembered tiles are relit where the new frame shows them and encoded again
+    canvases = []
+
+    def encode(frames):
+        canvases.append(frames[0].copy())
+        return np.full((1,) + LATENT, 7.0, np.float32)
+
+    z, n = fill_uncovered(tiles, model, new_px, np.array([-3, 0]), np.array([-2, 0]), 0.5, 0.15, encode)
+    assert n == 6 and len(canvases) == 1
+    assert (z[:, filled] == 7.0).all()
+    r = np.flatnonzero(filled[:, 8])
+    rows = tiles.lookup(np.stack([np.full(len(r), 2), r - 3], 1))
+    relit = relight_tiles(tiles.pixels[rows], tiles.light[rows], tiles.at[rows], 0.5, np.stack([r, np.full(len(r), 8)], 1))
+    for k, i in enumerate(r):
+        np.testing.assert_array_equal(canvases[0][i * 8:(i + 1) * 8, 64:72], relit[k])
+    assert (canvases[0][3 * 8:4 * 8, 64:72] == 1).all()  # the cow's tile is the model's
+    # a relit tile the autoencoder does not give back as the same kind of tile gets the remembered token as it is
+    z, n = fill_uncovered(tiles, model, new_px, np.array([-3, 0]), np.array([-2, 0]), 0.5, 0.15, encode,
+                          lambda z: np.zeros((1, 72, 72, 3), np.uint8))
+    assert n == 6
+    np.testing.assert_array_equal(z[:, filled], want[:, filled])
     # a cell never seen (x = -8 when stepping left of -3) stays the model's
-    z, n = fill_uncovered(bank, model, new_px, np.array([-3, 0]), np.array([-4, 0]), 0.95, lambda row: old_px)
+    z, n = fill_uncovered(tiles, model, new_px, np.array([-3, 0]), np.array([-4, 0]), 0.95)
     assert n == 0
-    # with a way to draw a remembered view at another light, a view lit otherwise gives its cells relit
-    calls = []
 
-    def relit(row, light):
-        calls.append((row, light))
-        return bank.latent(row) + 1000.0, old_px
 
-    z, n = fill_uncovered(bank, model, new_px, np.array([-3, 0]), np.array([-2, 0]), 0.5, lambda row: old_px, relit)
-    assert n == 5 and calls == [(2, 0.5)]
-    np.testing.assert_array_equal(z[:, filled], want[:, filled] + 1000.0)
+def test_tile_map_keeps_each_cells_newest_view_bounded_and_copies_apart():
+    from engine.memory import TileMap
+
+    tiles = TileMap(128)
+    px = np.zeros((72, 72, 3), np.uint8)
+    lab = np.full((7, 9), 2)
+    for i in range(12):  # walking right: 62 cells in the first view, 7 more per step: past the capacity
+        tiles.observe(_world_view((i, 0)), px + i, np.array([i, 0]), i, 0.9, lab)
+    assert 128 - 16 <= len(tiles) <= 128
+    assert tiles.frame.min() > 0  # the oldest views went first
+    row = tiles.lookup(np.array([[12, 0]]))[0]  # seen from (8..11, 0): the newest view is frame 11's
+    assert row >= 0 and tiles.frame[row] == 11 and (tiles.pixels[row] == 11).all()
+    assert tiles.lookup(np.array([[11, 0]]))[0] >= 0 and tiles.frame[tiles.lookup(np.array([[11, 0]]))[0]] == 10  # not the player's tile
+    assert tiles.lookup(np.array([[-4, 0]]))[0] == -1
+    c = tiles.copy()
+    tiles.observe(_world_view((11, 0)) + 5, px + 99, np.array([11, 0]), 12, 0.5, lab)
+    assert tiles.frame[row] == 12 and (tiles.pixels[row] == 99).all()
+    assert (c.pixels[c.lookup(np.array([[12, 0]]))[0]] == 11).all() and c.frame.max() == 11  # the copy is apart
+    back = TileMap.from_arrays(tiles.to_arrays(), 128)
+    for name in ("xy", "token", "pixels", "at", "light", "frame"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(tiles, name))
+    assert back.lookup(np.array([[12, 0]]))[0] == tiles.lookup(np.array([[12, 0]]))[0]
+    # a save from before the tile map: an empty map; inconsistent arrays: a clear error
+    assert len(TileMap.from_arrays({}, 64)) == 0
+    bad = tiles.to_arrays()
+    bad["memory_tiles_light"] = bad["memory_tiles_light"][:-1]
+    with pytest.raises(ValueError, match="tile map"):
+        TileMap.from_arrays(bad, 64)
 
 
 def test_memory_session_fills_and_can_turn_it_off(world_dir):

@@ -9,7 +9,7 @@ from engine import World
 from engine.rules import TERRAIN_ACTIONS, hold_tiles
 from engine.testing import exact_codec, make_tiny_world
 from worldsim.actions import ACTION_NAMES, action_index
-from worldsim.eval.tiles import COW, GRASS, TREE
+from worldsim.eval.tiles import ARROW, COW, GRASS, PATH, SKELETON, TREE, ZOMBIE
 from worldsim.memory import PLAYER_COL, PLAYER_ROW, frame_lighting, read_view_tiles
 
 NOOP, DO = action_index("noop"), action_index("do")
@@ -153,3 +153,76 @@ def test_a_session_keeps_the_tile_the_model_redrew(tmp_path, episode):
     np.testing.assert_array_equal(_paste(frame, r, c, tree), drawn)  # everything else as the model drew it
     np.testing.assert_array_equal(got[False][0], drawn)
     assert got[False][1] == 0
+
+
+def test_a_session_fills_ground_it_saw_from_its_tile_map(tmp_path, episode):
+    """Through a session (tiny world, exact codec, the fast preset's fill and hold, the clocks off): a model that
+    makes up the ground it was not shown, anew each time that ground comes back into view, gets the session's own
+    earlier view of it back (the tile map: each cell's newest view, also cells last seen at a view's edge), and
+    keeps what it made up where the session never saw the ground."""
+    f, a, sem, pos = episode["frames"], episode["actions"], episode["semantic"], episode["pos"]
+    t0, n = 12, 90  # frames 12-102 are day (daylight 0.88-1.0) and walk back over seen ground
+    # ground the player can walk on (the walk stays the game's), from a day frame: path and grass
+    palette = [_tile(f[t], r, c) for cls in (PATH, GRASS) for t, r, c in [np.argwhere(sem[:100, :7] == cls)[0]]]
+
+    def cells(t: int) -> list[tuple[int, int, int, int]]:  # (r, c, x, y) of the view tiles of real frame t
+        return [(r, c, int(pos[t][0]) + c - PLAYER_COL, int(pos[t][1]) + r - PLAYER_ROW) for r in range(7) for c in range(9)]
+
+    context = {(x, y) for t in range(t0 - 7, t0 + 1) for _, _, x, y in cells(t)}
+    visits: dict[tuple[int, int], int] = {}
+    for t in range(t0 - 7, t0 + 1):
+        visits.update({(x, y): 1 for _, _, x, y in cells(t)})
+
+    def drawn(t: int) -> np.ndarray:  # real frame t+1, where walkable ground the model was not shown is made up per visit
+        out = f[t + 1].copy()
+        for r, c, x, y in cells(t + 1):
+            if (x, y) not in context and sem[t + 1][r, c] in (GRASS, PATH) and (r, c) != (PLAYER_ROW, PLAYER_COL):
+                out = _paste(out, r, c, palette[hash((x, y, visits.get((x, y), 1))) % len(palette)])
+        return out
+
+    w = World.load(make_tiny_world(tmp_path / "tiny"), backend="onnxruntime", threads=1, block_rule=False, day_clock=False,
+                   life_clock=False, warm=0.0)
+    assert w.memory_config is not None and w.memory_config.fill and w.preset.tile_hold
+    exact_codec(w.backend)
+    real_dit, step = w.backend.dit, {"t": t0}
+
+    def dit(x, tt, aa, *rest):
+        z = w.backend.encode(drawn(step["t"])[None])[None]
+        return (z, *real_dit(x, tt, aa, *rest)[1:])
+
+    w.backend.dit = dit
+    sess = w.new_session(f[t0 - 7:t0 + 1], [int(x) for x in a[t0 - 7:t0]] + [None], seed=0)
+    offset = pos[t0] - sess._state.memory.current_pose
+    shown: dict[tuple[int, int], np.ndarray] = {}  # the tile the session last showed at each ground cell
+    movers = np.isin(sem, [COW, ZOMBIE, SKELETON, ARROW])
+
+    def remember(t: int, frame: np.ndarray) -> None:
+        for r, c, x, y in cells(t):
+            if (r, c) != (PLAYER_ROW, PLAYER_COL) and not movers[t][r, c]:
+                shown[(x, y)] = _tile(frame, r, c)
+
+    for t in range(t0 - 7, t0 + 1):
+        remember(t, f[t])
+    restored = made_up = 0
+    for t in range(t0, t0 + n):
+        lit = frame_lighting(f[t + 1])
+        if lit is None or lit[0] < 0.85:  # day only: a relit tile is not the game's pixels exactly
+            break
+        before = {(x, y) for _, _, x, y in cells(t)}
+        for _, _, x, y in cells(t + 1):
+            if (x, y) not in before:
+                visits[(x, y)] = visits.get((x, y), 0) + 1
+        frame = sess.step(ACTION_NAMES[int(a[t])])
+        step["t"] = t + 1
+        assert np.array_equal(sess._state.memory.current_pose + offset, pos[t + 1])  # the session follows its walk
+        for r, c, x, y in cells(t + 1):
+            if (x, y) in before or movers[t + 1][r, c]:
+                continue
+            if (x, y) in shown:  # the session's own last view of that ground (a few levels off where the daylight moved)
+                assert np.abs(_tile(frame, r, c).astype(int) - shown[(x, y)]).max() <= 12, (t, r, c)
+                restored += int((x, y) not in context and visits[(x, y)] > 1)
+            else:
+                np.testing.assert_array_equal(_tile(frame, r, c), _tile(drawn(t), r, c))
+                made_up += 1
+        remember(t + 1, frame)
+    assert restored >= 5 and made_up >= 5
