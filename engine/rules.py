@@ -48,7 +48,7 @@ import functools
 
 import numpy as np
 
-from worldsim.eval.tiles import ARROW, COW, PLANT, SKELETON, STATIC_CLASSES, ZOMBIE, daylight_at
+from worldsim.eval.tiles import ARROW, COW, GRASS, LAVA, PATH, PLANT, SAND, SKELETON, STATIC_CLASSES, WATER, ZOMBIE, daylight_at
 from worldsim.actions import ACTION_NAMES
 from worldsim.memory import (PLAYER_COL, PLAYER_ROW, VIEW_COLS, VIEW_ROWS, estimate_move, frame_lighting, move_delta, moved_view,
                              read_view_tiles, target_walkable)
@@ -107,6 +107,12 @@ _CREATURE[[COW, ZOMBIE, SKELETON]] = True
 # zombie 6, skeleton 7; nearer, a creature can only have walked in
 _SPAWN_AT = np.full(256, 99)
 _SPAWN_AT[[COW, ZOMBIE, SKELETON]] = (5, 6, 7)
+# what a creature can stand on (Crafter's `walkable`: objects move, and spawn, only onto free grass, sand or path) and
+# what an arrow flies over (Arrow.walkable: those, water and lava): one seen anywhere else was drawn, not moved there
+_CREATURE_GROUND = np.zeros(256, bool)
+_CREATURE_GROUND[[GRASS, SAND, PATH]] = True
+_ARROW_GROUND = _CREATURE_GROUND.copy()
+_ARROW_GROUND[[WATER, LAVA]] = True
 _NEIGHBOURS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
 _DIST = np.abs(np.arange(VIEW_ROWS)[:, None] - PLAYER_ROW) + np.abs(np.arange(VIEW_COLS)[None, :] - PLAYER_COL)  # L1 from the player
 _EDGE = np.ones((VIEW_ROWS, VIEW_COLS), bool)
@@ -137,8 +143,9 @@ def hold_tiles(prev_frame: np.ndarray, prev_latent: np.ndarray, frame: np.ndarra
     new one; ``move`` (dx, dy) the player's move between them; ``prev_lit``/``lit`` their lighting
     (``frame_lighting``); ``was``: prev_frame's labels when the caller has them (the last call's). Of the view
     tiles both frames show (under the move), the previous token and pixels come back where a material or a
-    plant became anything else but a creature that can have walked in (one was beside it, or it is as far from
-    the player as the game spawns one), and where a creature went without one on its tile or beside it now
+    plant became anything else but a creature that can have walked in (onto grass, sand or path: one was beside
+    it, or it is as far from the player as the game spawns one) or an arrow over ground it flies over, and where
+    a creature went without one on its tile or beside it now
     (creatures step one tile at a time and stay in view unless they walk out of it). The player's tile and, for
     an action in TERRAIN_ACTIONS, its four neighbours are left to the model (collecting, placing, a creature
     hit). Nothing is held where either frame's light is unknown or the player sleeps (the sleeper's view is
@@ -167,8 +174,8 @@ def hold_tiles(prev_frame: np.ndarray, prev_latent: np.ndarray, frame: np.ndarra
         unseen_near |= ~seen[1 + ny:VIEW_ROWS + 1 + ny, 1 + nx:VIEW_COLS + 1 + nx]
     came = _near(before, now, inside) | unseen_near
     spawn = _DIST >= _SPAWN_AT[now]
-    arrived = _CREATURE[now] & (came | spawn)
-    held = inside & _KEPT[before] & (before != now) & ~arrived & (now != ARROW)
+    arrived = _CREATURE[now] & (came | spawn) & _CREATURE_GROUND[before]
+    held = inside & _KEPT[before] & (before != now) & ~arrived & ~((now == ARROW) & _ARROW_GROUND[before])
     # a creature before: still on its tile or beside it now, or at the view's edge (it may have walked out)
     stayed = _near(now, before, np.ones_like(inside))
     held |= inside & _CREATURE[before] & ~stayed & ~_EDGE

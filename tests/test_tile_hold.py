@@ -9,7 +9,7 @@ from engine import World
 from engine.rules import TERRAIN_ACTIONS, hold_tiles
 from engine.testing import exact_codec, make_tiny_world
 from worldsim.actions import ACTION_NAMES, action_index
-from worldsim.eval.tiles import ARROW, COW, GRASS, PATH, SKELETON, TREE, ZOMBIE
+from worldsim.eval.tiles import ARROW, COW, GRASS, PATH, SKELETON, STONE, TREE, WATER, ZOMBIE
 from worldsim.memory import PLAYER_COL, PLAYER_ROW, frame_lighting, read_view_tiles
 
 NOOP, DO = action_index("noop"), action_index("do")
@@ -127,6 +127,17 @@ def test_creatures_step_and_never_vanish_or_pop_up(episode):
     out, px, n, _ = hold_tiles(f[t], prev, _paste(f[t], r, c, cow), new, (0, 0), a, lit[0], lit[0])
     assert n == 1 and (out[:, r, c] == prev[:, r, c]).all()
     assert read_view_tiles(_paste(f[t], r, c, cow), np.array([r * 9 + c]), lit[0])[0] == COW  # it reads as a cow
+    # far enough to have spawned, but on ground no creature stands on (water, a tree, stone): removed; on grass: kept
+    far = [(r, c) for r in range(7) for c in range(9) if abs(r - PLAYER_ROW) + abs(c - PLAYER_COL) >= 5]
+    tried = set()
+    for ground, expect in ((WATER, 1), (TREE, 1), (STONE, 1), (GRASS, 0)):
+        spot = next(((r, c) for r, c in far if sem[t][r, c] == ground), None)
+        if spot is None:
+            continue
+        tried.add(ground)
+        out, px, n, _ = hold_tiles(f[t], prev, _paste(f[t], *spot, cow), new, (0, 0), a, lit[0], lit[0])
+        assert n == expect, (ground, spot)
+    assert GRASS in tried and len(tried) >= 3
 
 
 def test_a_session_keeps_the_tile_the_model_redrew(tmp_path, episode):

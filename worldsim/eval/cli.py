@@ -136,7 +136,8 @@ def _summary(report: dict[str, Any], log) -> None:
         m = res["revisits_own"]["model"]
         pose = f", walk estimate right in {pct(m['pose_steps_right'])} of steps" if m.get("pose_steps_right") is not None else ""
         log(f"revisits in the world's own walk: {m['returned']} of {m['events']} events came back, {m['frames_back']} frames; "
-            f"block kept {pct(m['block_kept'])}, area {pct(m['area'])}, view {pct(m['view'])}{pose}")
+            f"block kept {pct(m['block_kept'])} (by day {pct(m['block_kept_day'])} of {m['block_kept_day_n']} frames, "
+            f"night {pct(m['block_kept_night'])} of {m['block_kept_night_n']}), area {pct(m['area'])}, view {pct(m['view'])}{pose}")
     if "long_run" in res and res["long_run"]["model"].get("runs"):
         m, b = res["long_run"]["model"], res["long_run"]["copy_last"]
         log(f"long run: class TV {m['class_tv_to_real_last']:.3f} (copy-last {b['class_tv_to_real_last']:.3f}), "

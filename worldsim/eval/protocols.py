@@ -457,8 +457,9 @@ def revisits_own(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progr
     (worldsim.memory.track_poses: the view shift and Crafter's walkable rule, what the engine's memory uses),
     the block's cell is placed in it by the real offset at the placing, and once the world's walk has had the
     cell out of view for more than the context and brings it back on screen, each frame that shows the cell is
-    scored: the block there (``block_kept``), the cells within one tile of it (``area``) and the whole view
-    (``view``) as the world itself last showed them before it left (the perfect-memory reference scores 1 by
+    scored: the block there (``block_kept``; also split into frames lit by day, daylight >= 0.5 and awake, and the
+    rest), the cells within one tile of it (``area``) and the whole view (``view``) as the world itself last showed
+    them before it left (the perfect-memory reference scores 1 by
     construction; creatures and the player's tile are not scored). A world whose sessions expose the real
     position (the real game, ``RealGameWorld``) also scores the walk estimate (``pose_steps_right``).
     """
@@ -491,7 +492,8 @@ def revisits_own(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progr
         if truth[0] is not None:
             real = np.stack(truth)
             pose.add("pose_steps_right", (np.diff(walk, axis=0) == np.diff(real, axis=0)).all(-1))
-        labels = clf.classify(out).labels  # lighting read from each frame: there is no real frame to borrow it from
+        day, asleep = clf.estimate_lighting(out)  # read from each frame: there is no real frame to borrow it from
+        labels = clf.classify(out, day, asleep).labels
         d = (np.array([x, y]) - ep.pos[t_place])[None] - walk  # the block's cell relative to the player
         on = (np.abs(d[:, 0]) <= PLAYER_COL) & (np.abs(d[:, 1]) <= PLAYER_ROW)
         back = _return_after_gap(on, k)
@@ -504,7 +506,11 @@ def revisits_own(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progr
         lab = labels[idx]
         ref = M.last_seen(labels[:dep + 1], walk[:dep + 1], walk[idx])  # the world's own view up to its departure
         rows, cols = PLAYER_ROW + d[idx, 1], PLAYER_COL + d[idx, 0]
-        tally.add("block_kept", lab[np.arange(len(idx)), rows, cols] == placed)
+        kept = lab[np.arange(len(idx)), rows, cols] == placed
+        tally.add("block_kept", kept)
+        by_day = (day[idx] >= 0.5) & ~asleep[idx]
+        tally.add("block_kept_day", kept[by_day])
+        tally.add("block_kept_night", kept[~by_day])
         scored = (ref != M.UNSEEN) & ~M.IS_OBJECT[ref] & ~M.IS_OBJECT[lab]
         scored[:, PLAYER_ROW, PLAYER_COL] = False
         near = (np.abs(np.arange(VIEW_ROWS)[None, :, None] - rows[:, None, None]) <= 1) & \
@@ -516,7 +522,7 @@ def revisits_own(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progr
     bar.close()
     result: dict[str, Any] = {"events": len(plans), "returned": returned, "context": k,
                               "gap_frames_mean": float(np.mean(gaps)) if gaps else None}
-    result.update(_rates(tally, ["block_kept", "area", "view"]))
+    result.update(_rates(tally, ["block_kept", "area", "view", "block_kept_day", "block_kept_night"]))
     result["frames_back"] = result.pop("block_kept_n")
     if pose.counts:
         result.update(_rates(pose, ["pose_steps_right"]))

@@ -364,7 +364,8 @@ def markdown(report: Mapping[str, Any]) -> str:
                   f"own frames show. {m['returned']} events came back (the world's walk had A out of view for more than "
                   f"the {m['context']}-frame context, {'–' if m['gap_frames_mean'] is None else round(m['gap_frames_mean'])} frames on average, then showed it "
                   f"again): {m['frames_back']} frames scored (copy-last: {b.get('returned', 0)} events came back).", ""]
-        rows = [("block still at A", "block_kept"), ("area around A as the world showed it before leaving", "area"),
+        rows = [("block still at A", "block_kept"), ("... in frames lit by day", "block_kept_day"),
+                ("... at night or asleep", "block_kept_night"), ("area around A as the world showed it before leaving", "area"),
                 ("whole view as the world showed it before leaving", "view"),
                 ("walk estimate right (worlds that expose the real position)", "pose_steps_right")]
         lines += ["| | world |", "|---|---:|"]
