@@ -81,7 +81,8 @@ class TorchBackend:
 
 
 class OrtBackend:
-    """onnxruntime on the CPU: the default. Graphs are built from the weights on first use and cached."""
+    """onnxruntime on the CPU: the default. Graphs are built from the weights on first use and cached; fixed-shape
+    DiT graphs in the same directory (engine.graphs.static_dit_name; ``static=True``) run the calls they fit."""
 
     name = "onnxruntime"
 

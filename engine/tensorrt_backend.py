@@ -450,7 +450,9 @@ def ort_tensorrt_backend(graph_dir: str | os.PathLike, fp16: bool = True, cache_
     cache.mkdir(parents=True, exist_ok=True)
     trt_options = {"trt_fp16_enable": fp16, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
                    "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)}
+    # the dynamic-shape graphs only: TensorRT builds its own engines per shape profile (fixed-shape ONNX graphs are a
+    # CPU optimisation, and each would cost an engine build here)
     be = OrtBackend(graph_dir, threads=threads, providers=[("TensorrtExecutionProvider", trt_options), "CUDAExecutionProvider",
-                                                          "CPUExecutionProvider"])
+                                                          "CPUExecutionProvider"], static=False)
     be.name = "onnxruntime-trt"
     return be
