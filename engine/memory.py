@@ -77,7 +77,7 @@ class MemoryConfig:
 class TileMap:
     """The newest view of every world cell the session has seen, by cell (x, y) in its pose coordinates: the
     cell's latent token (C,), its pixels uint8 (u,u,3), where in the view it was (row, col), the frame's daylight
-    and index. Part of the memory state.
+    and index, and the tile's label as read then. Part of the memory state.
 
     Why: one token is one tile in this top-down world, so a map of tokens is a perfect memory of what was seen.
     The bank's frames cannot be: a frame replaces the one of its pose cell, and with it the only view of cells
@@ -88,12 +88,13 @@ class TileMap:
 
     def __init__(self, capacity: int, xy: np.ndarray | None = None, token: np.ndarray | None = None,
                  pixels: np.ndarray | None = None, at: np.ndarray | None = None, light: np.ndarray | None = None,
-                 frame: np.ndarray | None = None):
+                 frame: np.ndarray | None = None, label: np.ndarray | None = None):
         self.capacity = int(capacity)
         n = 0 if xy is None else len(xy)
-        parts = (token, pixels, at, light, frame)
+        parts = (token, pixels, at, light, frame, label)
         if n and (any(a is None or len(a) != n for a in parts) or np.shape(xy)[1:] != (2,) or np.shape(at)[1:] != (2,)
-                  or np.ndim(token) != 2 or np.ndim(pixels) != 4 or np.ndim(light) != 1 or np.ndim(frame) != 1):
+                  or np.ndim(token) != 2 or np.ndim(pixels) != 4 or np.ndim(light) != 1 or np.ndim(frame) != 1
+                  or np.ndim(label) != 1):
             raise ValueError(f"memory: inconsistent tile map arrays for {n} cells: "
                              f"{[None if a is None else np.shape(a) for a in (xy, *parts)]}")
         self.xy = np.zeros((0, 2), np.int64) if xy is None else np.asarray(xy, np.int64).reshape(n, 2)
@@ -102,6 +103,7 @@ class TileMap:
         self.at = np.zeros((0, 2), np.int64) if at is None else np.asarray(at, np.int64).reshape(n, 2)
         self.light = np.zeros(0, np.float32) if light is None else np.asarray(light, np.float32).reshape(n)
         self.frame = np.zeros(0, np.int64) if frame is None else np.asarray(frame, np.int64).reshape(n)
+        self.label = np.zeros(0, np.uint8) if label is None else np.asarray(label, np.uint8).reshape(n)  # as read then
         self._index = {(int(x), int(y)): i for i, (x, y) in enumerate(self.xy)}
 
     def __len__(self) -> int:
@@ -132,7 +134,7 @@ class TileMap:
         old, new = idx >= 0, idx < 0
         i = idx[old]
         self.token[i], self.pixels[i], self.at[i] = tok[old], px[old], np.stack([rows, cols], 1)[old]
-        self.light[i], self.frame[i] = light, frame_index
+        self.light[i], self.frame[i], self.label[i] = light, frame_index, labels[rows, cols][old]
         if new.any():
             start = len(self.xy)
             self.xy = np.concatenate([self.xy, xy[new]])
@@ -141,6 +143,7 @@ class TileMap:
             self.at = np.concatenate([self.at, np.stack([rows, cols], 1)[new]])
             self.light = np.concatenate([self.light, np.full(int(new.sum()), light, np.float32)])
             self.frame = np.concatenate([self.frame, np.full(int(new.sum()), frame_index, np.int64)])
+            self.label = np.concatenate([self.label, labels[rows, cols][new].astype(np.uint8)])
             for j, (x, y) in enumerate(xy[new]):
                 self._index[(int(x), int(y))] = start + j
         if len(self.xy) > self.capacity:  # drop the oldest views, an eighth of the capacity at once
@@ -149,21 +152,21 @@ class TileMap:
 
     def _take(self, rows: np.ndarray) -> None:
         self.xy, self.token, self.pixels = self.xy[rows], self.token[rows], self.pixels[rows]
-        self.at, self.light, self.frame = self.at[rows], self.light[rows], self.frame[rows]
+        self.at, self.light, self.frame, self.label = self.at[rows], self.light[rows], self.frame[rows], self.label[rows]
         self._index = {(int(x), int(y)): i for i, (x, y) in enumerate(self.xy)}
 
     def copy(self) -> "TileMap":
         """An independent copy (observe writes rows in place)."""
         c = lambda a: None if a is None else a.copy()  # noqa: E731
         return TileMap(self.capacity, self.xy.copy(), c(self.token), c(self.pixels), self.at.copy(), self.light.copy(),
-                       self.frame.copy())
+                       self.frame.copy(), self.label.copy())
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Arrays named memory_tiles_* (empty where nothing was seen)."""
         tok = self.token if self.token is not None else np.zeros((0, 0), np.float32)
         px = self.pixels if self.pixels is not None else np.zeros((0, 0, 0, 3), np.uint8)
         return {"memory_tiles_xy": self.xy, "memory_tiles_token": tok, "memory_tiles_pixels": px, "memory_tiles_at": self.at,
-                "memory_tiles_light": self.light, "memory_tiles_frame": self.frame}
+                "memory_tiles_light": self.light, "memory_tiles_frame": self.frame, "memory_tiles_label": self.label}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], capacity: int) -> "TileMap":
@@ -173,8 +176,11 @@ class TileMap:
         xy = arrays["memory_tiles_xy"]
         if len(xy) == 0:
             return cls(capacity)
+        missing = [k for k in ("token", "pixels", "at", "light", "frame", "label") if f"memory_tiles_{k}" not in arrays]
+        if missing:
+            raise ValueError(f"memory: the tile map lacks arrays {missing}")
         return cls(capacity, xy, arrays["memory_tiles_token"].astype(np.float32), arrays["memory_tiles_pixels"].astype(np.uint8),
-                   arrays["memory_tiles_at"], arrays["memory_tiles_light"], arrays["memory_tiles_frame"])
+                   arrays["memory_tiles_at"], arrays["memory_tiles_light"], arrays["memory_tiles_frame"], arrays["memory_tiles_label"])
 
 
 class MemoryBank:
@@ -418,7 +424,8 @@ def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_p
     Why: the model invents what enters the view; where the session has seen that cell before, the map knows
     what is there. A cell seen under daylight within ``light_tol`` of the new frame's gives its token as it
     is; one seen under other light (a day tile in a night frame) is drawn as the game would draw it now
-    (engine.rules.relight_tiles, at its new place in the view) and encoded again with ``encode`` (uint8
+    (engine.rules.relight_tiles, at its new place in the view; one seen in deep night, daylight < DARK_SOURCE,
+    from the game's texture of the class it was read as) and encoded again with ``encode`` (uint8
     (1,S,S,3) -> (1,C,g,g)); given ``decode`` too, a relit tile the autoencoder does not give back as the same
     kind of tile (it can fail on a tile it never saw lit so) gets the remembered token as it is (right, if lit
     as before); without ``encode`` such cells are left to the model. Cells where the model drew a
@@ -449,8 +456,12 @@ def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_p
     out[:, r[near], c[near]] = tiles.token[rows[near]].T
     if far.any():
         u = frame.shape[0] // latent.shape[-1]
-        relit = relight_tiles(tiles.pixels[rows[far]], tiles.light[rows[far]], tiles.at[rows[far]], float(light),
-                              np.stack([r[far], c[far]], 1))
+        # a tile seen in deep night keeps too little of its colours to light again (the noise and the tint dominate):
+        # it is drawn from the game's texture of what it was read as
+        src = rows[far]
+        textures = [_texture(frame.shape[0], int(lab)) if lt < DARK_SOURCE else None for lab, lt in zip(tiles.label[src], tiles.light[src])]
+        relit = relight_tiles(tiles.pixels[src], tiles.light[src], tiles.at[src], float(light), np.stack([r[far], c[far]], 1),
+                              textures=textures)
         canvas = np.array(frame, copy=True)
         for (i, j), px in zip(zip(r[far], c[far]), relit):
             canvas[i * u:(i + 1) * u, j * u:(j + 1) * u] = px
@@ -464,6 +475,18 @@ def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_p
                 tok[:, bad] = tiles.token[rows[far][bad]].T
         out[:, r[far], c[far]] = tok
     return out, int(near.sum() + far.sum())
+
+
+DARK_SOURCE = 0.2  # daylight under which a remembered tile is redrawn from its texture rather than lit again
+
+
+def _texture(size: int, label: int) -> np.ndarray | None:
+    """The game's unlit texture (u,u,3) of class ``label`` at frame size ``size`` (its first template), or None."""
+    from worldsim.eval.tiles import get_classifier
+
+    clf = get_classifier(size)
+    idx = np.flatnonzero(clf.template_labels == label)
+    return clf.atlas[idx[0]] if len(idx) else None
 
 
 def slot_shift(poses: np.ndarray, pose: np.ndarray) -> np.ndarray:

@@ -45,6 +45,7 @@ model continues from the corrected frame (Session._finish):
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -252,10 +253,11 @@ def relight(frame: np.ndarray, daylight_from: float, daylight_to: float, view_ro
 
 
 def relight_tiles(tiles: np.ndarray, daylight_from: np.ndarray, at_from: np.ndarray, daylight_to: float, at_to: np.ndarray,
-                  view: tuple[int, int] = (7, 9)) -> np.ndarray:
+                  view: tuple[int, int] = (7, 9), textures: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
     """View tiles uint8 (m,u,u,3), each seen at view tile (row, col) ``at_from`` (m,2) under daylight
     ``daylight_from`` (m,), as Crafter would draw them at view tile ``at_to`` (m,2) under ``daylight_to``: ``relight``
-    tile by tile (the night's vignette depends on where in the view a tile is)."""
+    tile by tile (the night's vignette depends on where in the view a tile is). ``textures[i]``, where given, is
+    the unlit tile (u,u,3) to draw instead of unlighting tile i (a tile seen in deep night keeps too little of it)."""
     tiles = np.asarray(tiles)
     m, u = len(tiles), tiles.shape[1]
     h, w = view[0] * u, view[1] * u
@@ -265,7 +267,9 @@ def relight_tiles(tiles: np.ndarray, daylight_from: np.ndarray, at_from: np.ndar
         (r0, c0), (r1, c1) = at_from[i], at_to[i]
         src = tuple(t[r0 * u:(r0 + 1) * u, c0 * u:(c0 + 1) * u] for t in _light_terms(float(daylight_from[i]), h, w))
         dst = tuple(t[r1 * u:(r1 + 1) * u, c1 * u:(c1 + 1) * u] for t in to)
-        out[i] = _light(_unlight(tiles[i].astype(np.float64), *src), *dst)
+        tex = None if textures is None else textures[i]
+        unlit = _unlight(tiles[i].astype(np.float64), *src) if tex is None else np.asarray(tex, np.float64)
+        out[i] = _light(unlit, *dst)
     return out
 
 

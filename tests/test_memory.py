@@ -239,6 +239,34 @@ def test_fill_copies_remembered_cells_into_the_uncovered_column(monkeypatch):
     assert n == 0
 
 
+def test_fill_draws_a_tile_seen_in_deep_night_from_the_games_texture(monkeypatch):
+    """A cell last seen in deep night (daylight < DARK_SOURCE: too little of its colours is left to light again) is
+    filled, in a day frame, with the game's texture of the class it was read as, lit as the game lights it there."""
+    from engine.memory import DARK_SOURCE, TileMap, fill_uncovered
+    from engine.rules import _light, _light_terms
+    from worldsim.eval.tiles import STONE, get_classifier
+
+    monkeypatch.setattr("worldsim.memory.read_view_tiles", lambda frame, tiles, lighting=None: np.full(len(np.asarray(tiles)), 2))
+    tiles = TileMap(4096)
+    lab = np.full((7, 9), STONE)
+    tiles.observe(_world_view((0, 0)), np.zeros((72, 72, 3), np.uint8), np.array([0, 0]), 0, DARK_SOURCE / 2, lab)
+    canvases = []
+
+    def encode(frames):
+        canvases.append(frames[0].copy())
+        return np.zeros((1,) + LATENT, np.float32)
+
+    model = np.full(LATENT, -1.0, np.float32)
+    z, n = fill_uncovered(tiles, model, np.full((72, 72, 3), 1, np.uint8), np.array([1, 0]), np.array([0, 0]), 0.9, 0.15, encode)
+    assert n == 7 and len(canvases) == 1  # the column x = -4 (seen from (0, 0), not from (1, 0))
+    clf = get_classifier(72)
+    stone = clf.atlas[np.flatnonzero(clf.template_labels == STONE)[0]].astype(np.float64)
+    terms = _light_terms(0.9, 56, 72)
+    for r in range(7):
+        want = _light(stone, *(t[r * 8:(r + 1) * 8, 0:8] for t in terms))
+        np.testing.assert_array_equal(canvases[0][r * 8:(r + 1) * 8, 0:8], want)
+
+
 def test_tile_map_keeps_each_cells_newest_view_bounded_and_copies_apart():
     from engine.memory import TileMap
 
@@ -258,7 +286,7 @@ def test_tile_map_keeps_each_cells_newest_view_bounded_and_copies_apart():
     assert tiles.frame[row] == 12 and (tiles.pixels[row] == 99).all()
     assert (c.pixels[c.lookup(np.array([[12, 0]]))[0]] == 11).all() and c.frame.max() == 11  # the copy is apart
     back = TileMap.from_arrays(tiles.to_arrays(), 128)
-    for name in ("xy", "token", "pixels", "at", "light", "frame"):
+    for name in ("xy", "token", "pixels", "at", "light", "frame", "label"):
         np.testing.assert_array_equal(getattr(back, name), getattr(tiles, name))
     assert back.lookup(np.array([[12, 0]]))[0] == tiles.lookup(np.array([[12, 0]]))[0]
     # a save from before the tile map: an empty map; inconsistent arrays: a clear error
