@@ -423,9 +423,9 @@ def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_p
 
     Why: the model invents what enters the view; where the session has seen that cell before, the map knows
     what is there. A cell seen under daylight within ``light_tol`` of the new frame's gives its token as it
-    is; one seen under other light (a day tile in a night frame) is drawn as the game would draw it now
-    (engine.rules.relight_tiles, at its new place in the view; one seen in deep night, daylight < DARK_SOURCE,
-    from the game's texture of the class it was read as) and encoded again with ``encode`` (uint8
+    is; one seen under other light (a day tile in a night frame) is drawn as the game would draw it now: the
+    game's texture of the class it was read as, lit at its new place in the view (engine.rules.relight_tiles;
+    the remembered pixels where the class has no texture), and encoded again with ``encode`` (uint8
     (1,S,S,3) -> (1,C,g,g)); given ``decode`` too, a relit tile the autoencoder does not give back as the same
     kind of tile (it can fail on a tile it never saw lit so) gets the remembered token as it is (right, if lit
     as before); without ``encode`` such cells are left to the model. Cells where the model drew a
@@ -456,10 +456,11 @@ def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_p
     out[:, r[near], c[near]] = tiles.token[rows[near]].T
     if far.any():
         u = frame.shape[0] // latent.shape[-1]
-        # a tile seen in deep night keeps too little of its colours to light again (the noise and the tint dominate):
-        # it is drawn from the game's texture of what it was read as
+        # drawn from the game's texture of the class it was read as, not by unlighting the remembered pixels: those
+        # are the model's drawing (smooth where the game's night is noisy) and, seen in deep night, keep too little of
+        # the tile to light again (measured: `fast` revisits 84.0% -> 94.2%, `quality` 59.9% -> 86.2%)
         src = rows[far]
-        textures = [_texture(frame.shape[0], int(lab)) if lt < DARK_SOURCE else None for lab, lt in zip(tiles.label[src], tiles.light[src])]
+        textures = [_texture(frame.shape[0], int(lab)) for lab in tiles.label[src]]
         relit = relight_tiles(tiles.pixels[src], tiles.light[src], tiles.at[src], float(light), np.stack([r[far], c[far]], 1),
                               textures=textures)
         canvas = np.array(frame, copy=True)
@@ -475,9 +476,6 @@ def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_p
                 tok[:, bad] = tiles.token[rows[far][bad]].T
         out[:, r[far], c[far]] = tok
     return out, int(near.sum() + far.sum())
-
-
-DARK_SOURCE = 0.2  # daylight under which a remembered tile is redrawn from its texture rather than lit again
 
 
 def _texture(size: int, label: int) -> np.ndarray | None:

@@ -213,7 +213,8 @@ def test_fill_copies_remembered_cells_into_the_uncovered_column(monkeypatch):
     for light, prev in ((None, (-3, 0)), (0.95, (-2, 0)), (0.5, (-3, 0))):
         z, n = fill_uncovered(tiles, model, new_px, np.array(prev), np.array([-2, 0]), light)
         assert n == 0 and np.array_equal(z, model)
-    # other light with an encoder: the remembered tiles are relit where the new frame shows them and encoded again
+    # other light with an encoder: the remembered tiles are drawn from the game's texture of their class (grass here),
+    # lit where the new frame shows them, and encoded again
     canvases = []
 
     def encode(frames):
@@ -225,7 +226,14 @@ def test_fill_copies_remembered_cells_into_the_uncovered_column(monkeypatch):
     assert (z[:, filled] == 7.0).all()
     r = np.flatnonzero(filled[:, 8])
     rows = tiles.lookup(np.stack([np.full(len(r), 2), r - 3], 1))
-    relit = relight_tiles(tiles.pixels[rows], tiles.light[rows], tiles.at[rows], 0.5, np.stack([r, np.full(len(r), 8)], 1))
+    from worldsim.eval.tiles import GRASS, get_classifier
+
+    clf = get_classifier(72)
+    grass = clf.atlas[np.flatnonzero(clf.template_labels == GRASS)[0]]
+    relit = relight_tiles(tiles.pixels[rows], tiles.light[rows], tiles.at[rows], 0.5, np.stack([r, np.full(len(r), 8)], 1),
+                          textures=[grass] * len(r))
+    assert not np.array_equal(relit, relight_tiles(tiles.pixels[rows], tiles.light[rows], tiles.at[rows], 0.5,
+                                                   np.stack([r, np.full(len(r), 8)], 1)))  # not the remembered pixels
     for k, i in enumerate(r):
         np.testing.assert_array_equal(canvases[0][i * 8:(i + 1) * 8, 64:72], relit[k])
     assert (canvases[0][3 * 8:4 * 8, 64:72] == 1).all()  # the cow's tile is the model's
@@ -240,16 +248,16 @@ def test_fill_copies_remembered_cells_into_the_uncovered_column(monkeypatch):
 
 
 def test_fill_draws_a_tile_seen_in_deep_night_from_the_games_texture(monkeypatch):
-    """A cell last seen in deep night (daylight < DARK_SOURCE: too little of its colours is left to light again) is
-    filled, in a day frame, with the game's texture of the class it was read as, lit as the game lights it there."""
-    from engine.memory import DARK_SOURCE, TileMap, fill_uncovered
+    """A cell last seen in deep night (too little of its colours is left to light again) is filled, in a day frame,
+    with the game's texture of the class it was read as, lit as the game lights it there."""
+    from engine.memory import TileMap, fill_uncovered
     from engine.rules import _light, _light_terms
     from worldsim.eval.tiles import STONE, get_classifier
 
     monkeypatch.setattr("worldsim.memory.read_view_tiles", lambda frame, tiles, lighting=None: np.full(len(np.asarray(tiles)), 2))
     tiles = TileMap(4096)
     lab = np.full((7, 9), STONE)
-    tiles.observe(_world_view((0, 0)), np.zeros((72, 72, 3), np.uint8), np.array([0, 0]), 0, DARK_SOURCE / 2, lab)
+    tiles.observe(_world_view((0, 0)), np.zeros((72, 72, 3), np.uint8), np.array([0, 0]), 0, 0.05, lab)
     canvases = []
 
     def encode(frames):
