@@ -76,8 +76,8 @@ class MemoryConfig:
 
 class TileMap:
     """The newest view of every world cell the session has seen, by cell (x, y) in its pose coordinates: the
-    cell's latent token (C,), its pixels uint8 (u,u,3), where in the view it was (row, col), the frame's daylight
-    and index, and the tile's label as read then. Part of the memory state.
+    cell's latent token (C,), the frame's daylight and index, and the tile's label as read then. Part of the
+    memory state.
 
     Why: one token is one tile in this top-down world, so a map of tokens is a perfect memory of what was seen.
     The bank's frames cannot be: a frame replaces the one of its pose cell, and with it the only view of cells
@@ -87,20 +87,16 @@ class TileMap:
     """
 
     def __init__(self, capacity: int, xy: np.ndarray | None = None, token: np.ndarray | None = None,
-                 pixels: np.ndarray | None = None, at: np.ndarray | None = None, light: np.ndarray | None = None,
-                 frame: np.ndarray | None = None, label: np.ndarray | None = None):
+                 light: np.ndarray | None = None, frame: np.ndarray | None = None, label: np.ndarray | None = None):
         self.capacity = int(capacity)
         n = 0 if xy is None else len(xy)
-        parts = (token, pixels, at, light, frame, label)
-        if n and (any(a is None or len(a) != n for a in parts) or np.shape(xy)[1:] != (2,) or np.shape(at)[1:] != (2,)
-                  or np.ndim(token) != 2 or np.ndim(pixels) != 4 or np.ndim(light) != 1 or np.ndim(frame) != 1
-                  or np.ndim(label) != 1):
+        parts = (token, light, frame, label)
+        if n and (any(a is None or len(a) != n for a in parts) or np.shape(xy)[1:] != (2,) or np.ndim(token) != 2
+                  or np.ndim(light) != 1 or np.ndim(frame) != 1 or np.ndim(label) != 1):
             raise ValueError(f"memory: inconsistent tile map arrays for {n} cells: "
                              f"{[None if a is None else np.shape(a) for a in (xy, *parts)]}")
         self.xy = np.zeros((0, 2), np.int64) if xy is None else np.asarray(xy, np.int64).reshape(n, 2)
-        self.token = token if token is not None else None  # (n,C) float32; allocated on the first view
-        self.pixels = pixels if pixels is not None else None  # (n,u,u,3) uint8
-        self.at = np.zeros((0, 2), np.int64) if at is None else np.asarray(at, np.int64).reshape(n, 2)
+        self.token = token  # (n,C) float32; allocated on the first view (C comes with it)
         self.light = np.zeros(0, np.float32) if light is None else np.asarray(light, np.float32).reshape(n)
         self.frame = np.zeros(0, np.int64) if frame is None else np.asarray(frame, np.int64).reshape(n)
         self.label = np.zeros(0, np.uint8) if label is None else np.asarray(label, np.uint8).reshape(n)  # as read then
@@ -114,59 +110,49 @@ class TileMap:
         get = self._index.get
         return np.array([get((int(x), int(y)), -1) for x, y in np.asarray(cells).reshape(-1, 2)], np.int64)
 
-    def observe(self, latent: np.ndarray, frame: np.ndarray, pose: np.ndarray, frame_index: int, light: float,
-                labels: np.ndarray) -> None:
-        """Record the view tiles of a frame (latent (C,g,g), pixels uint8 (S,S,3), its view's labels (7,9)) seen
-        from ``pose`` (x, y) under ``light``: each cell's newest view, but for creatures, arrows and the player."""
+    def observe(self, latent: np.ndarray, pose: np.ndarray, frame_index: int, light: float, labels: np.ndarray) -> None:
+        """Record the view tiles of a frame (latent (C,g,g), its view's labels (7,9)) seen from ``pose`` (x, y)
+        under ``light``: each cell's newest view, but for creatures, arrows and the player."""
         labels = np.asarray(labels).reshape(VIEW_ROWS, VIEW_COLS)
         keep = ~np.isin(labels, MOVERS)
         keep[HALF_Y, HALF_X] = False
         rows, cols = np.nonzero(keep)
         if not len(rows):
             return
-        u = frame.shape[0] // latent.shape[-1]
         tok = np.asarray(latent, np.float32)[:, rows, cols].T  # (m,C)
-        px = frame[:VIEW_ROWS * u].reshape(VIEW_ROWS, u, VIEW_COLS, u, 3).transpose(0, 2, 1, 3, 4)[rows, cols]  # (m,u,u,3)
+        lab = labels[rows, cols].astype(np.uint8)
         xy = np.stack([pose[0] + cols - HALF_X, pose[1] + rows - HALF_Y], 1).astype(np.int64)
         if self.token is None:
-            self.token, self.pixels = np.zeros((0, tok.shape[1]), np.float32), np.zeros((0, u, u, 3), np.uint8)
+            self.token = np.zeros((0, tok.shape[1]), np.float32)
         idx = self.lookup(xy)
         old, new = idx >= 0, idx < 0
         i = idx[old]
-        self.token[i], self.pixels[i], self.at[i] = tok[old], px[old], np.stack([rows, cols], 1)[old]
-        self.light[i], self.frame[i], self.label[i] = light, frame_index, labels[rows, cols][old]
+        self.token[i], self.light[i], self.frame[i], self.label[i] = tok[old], light, frame_index, lab[old]
         if new.any():
-            start = len(self.xy)
+            start, m = len(self.xy), int(new.sum())
             self.xy = np.concatenate([self.xy, xy[new]])
             self.token = np.concatenate([self.token, tok[new]])
-            self.pixels = np.concatenate([self.pixels, px[new]])
-            self.at = np.concatenate([self.at, np.stack([rows, cols], 1)[new]])
-            self.light = np.concatenate([self.light, np.full(int(new.sum()), light, np.float32)])
-            self.frame = np.concatenate([self.frame, np.full(int(new.sum()), frame_index, np.int64)])
-            self.label = np.concatenate([self.label, labels[rows, cols][new].astype(np.uint8)])
+            self.light = np.concatenate([self.light, np.full(m, light, np.float32)])
+            self.frame = np.concatenate([self.frame, np.full(m, frame_index, np.int64)])
+            self.label = np.concatenate([self.label, lab[new]])
             for j, (x, y) in enumerate(xy[new]):
                 self._index[(int(x), int(y))] = start + j
         if len(self.xy) > self.capacity:  # drop the oldest views, an eighth of the capacity at once
             keep_rows = np.sort(np.argsort(-self.frame, kind="stable")[:self.capacity - self.capacity // 8])
-            self._take(keep_rows)
-
-    def _take(self, rows: np.ndarray) -> None:
-        self.xy, self.token, self.pixels = self.xy[rows], self.token[rows], self.pixels[rows]
-        self.at, self.light, self.frame, self.label = self.at[rows], self.light[rows], self.frame[rows], self.label[rows]
-        self._index = {(int(x), int(y)): i for i, (x, y) in enumerate(self.xy)}
+            self.xy, self.token, self.light = self.xy[keep_rows], self.token[keep_rows], self.light[keep_rows]
+            self.frame, self.label = self.frame[keep_rows], self.label[keep_rows]
+            self._index = {(int(x), int(y)): i for i, (x, y) in enumerate(self.xy)}
 
     def copy(self) -> "TileMap":
         """An independent copy (observe writes rows in place)."""
-        c = lambda a: None if a is None else a.copy()  # noqa: E731
-        return TileMap(self.capacity, self.xy.copy(), c(self.token), c(self.pixels), self.at.copy(), self.light.copy(),
+        return TileMap(self.capacity, self.xy.copy(), None if self.token is None else self.token.copy(), self.light.copy(),
                        self.frame.copy(), self.label.copy())
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Arrays named memory_tiles_* (empty where nothing was seen)."""
         tok = self.token if self.token is not None else np.zeros((0, 0), np.float32)
-        px = self.pixels if self.pixels is not None else np.zeros((0, 0, 0, 3), np.uint8)
-        return {"memory_tiles_xy": self.xy, "memory_tiles_token": tok, "memory_tiles_pixels": px, "memory_tiles_at": self.at,
-                "memory_tiles_light": self.light, "memory_tiles_frame": self.frame, "memory_tiles_label": self.label}
+        return {"memory_tiles_xy": self.xy, "memory_tiles_token": tok, "memory_tiles_light": self.light,
+                "memory_tiles_frame": self.frame, "memory_tiles_label": self.label}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], capacity: int) -> "TileMap":
@@ -176,11 +162,11 @@ class TileMap:
         xy = arrays["memory_tiles_xy"]
         if len(xy) == 0:
             return cls(capacity)
-        missing = [k for k in ("token", "pixels", "at", "light", "frame", "label") if f"memory_tiles_{k}" not in arrays]
+        missing = [k for k in ("token", "light", "frame", "label") if f"memory_tiles_{k}" not in arrays]
         if missing:
             raise ValueError(f"memory: the tile map lacks arrays {missing}")
-        return cls(capacity, xy, arrays["memory_tiles_token"].astype(np.float32), arrays["memory_tiles_pixels"].astype(np.uint8),
-                   arrays["memory_tiles_at"], arrays["memory_tiles_light"], arrays["memory_tiles_frame"], arrays["memory_tiles_label"])
+        return cls(capacity, xy, arrays["memory_tiles_token"].astype(np.float32), arrays["memory_tiles_light"],
+                   arrays["memory_tiles_frame"], arrays["memory_tiles_label"])
 
 
 class MemoryBank:
@@ -424,8 +410,8 @@ def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_p
     Why: the model invents what enters the view; where the session has seen that cell before, the map knows
     what is there. A cell seen under daylight within ``light_tol`` of the new frame's gives its token as it
     is; one seen under other light (a day tile in a night frame) is drawn as the game would draw it now: the
-    game's texture of the class it was read as, lit at its new place in the view (engine.rules.relight_tiles;
-    the remembered pixels where the class has no texture), and encoded again with ``encode`` (uint8
+    game's texture of the class it was read as, lit at its new place in the view (engine.rules.light_tiles), and
+    encoded again with ``encode`` (uint8
     (1,S,S,3) -> (1,C,g,g)); given ``decode`` too, a relit tile the autoencoder does not give back as the same
     kind of tile (it can fail on a tile it never saw lit so) gets the remembered token as it is (right, if lit
     as before); without ``encode`` such cells are left to the model. Cells where the model drew a
@@ -433,7 +419,7 @@ def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_p
     nothing is filled where the frame's light is unknown (None: unreadable, or the player sleeps).
     ``frame`` uint8 (S,S,3) is the decoded new frame.
     """
-    from engine.rules import relight_tiles
+    from engine.rules import light_tiles
     from worldsim.memory import read_view_tiles
 
     pose, prev_pose = np.asarray(pose, np.int64).reshape(2), np.asarray(prev_pose, np.int64).reshape(2)
@@ -451,18 +437,18 @@ def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_p
         return latent, 0
     ok = ~np.isin(here, MOVERS)
     near = ok & (np.abs(tiles.light[rows] - light) <= light_tol)
-    far = ok & ~near if encode is not None else np.zeros_like(ok)
+    other = np.flatnonzero(ok & ~near) if encode is not None else np.zeros(0, np.int64)
+    textures = {int(j): _texture(frame.shape[0], int(tiles.label[rows[j]])) for j in other}
+    far = np.zeros_like(ok)
+    far[[j for j, t in textures.items() if t is not None]] = True
     out = np.array(latent, np.float32, copy=True)
     out[:, r[near], c[near]] = tiles.token[rows[near]].T
     if far.any():
         u = frame.shape[0] // latent.shape[-1]
-        # drawn from the game's texture of the class it was read as, not by unlighting the remembered pixels: those
-        # are the model's drawing (smooth where the game's night is noisy) and, seen in deep night, keep too little of
-        # the tile to light again (measured: `fast` revisits 84.0% -> 94.2%, `quality` 59.9% -> 86.2%)
-        src = rows[far]
-        textures = [_texture(frame.shape[0], int(lab)) for lab in tiles.label[src]]
-        relit = relight_tiles(tiles.pixels[src], tiles.light[src], tiles.at[src], float(light), np.stack([r[far], c[far]], 1),
-                              textures=textures)
+        # drawn from the game's texture of the class it was read as, not by unlighting the model's pixels: those
+        # are smooth where the game's night is noisy and, seen in deep night, keep too little of the tile to light
+        # again (measured: `fast` revisits 84.0% -> 94.2%, `quality` 59.9% -> 86.2%)
+        relit = light_tiles([textures[int(j)] for j in np.flatnonzero(far)], float(light), np.stack([r[far], c[far]], 1))
         canvas = np.array(frame, copy=True)
         for (i, j), px in zip(zip(r[far], c[far]), relit):
             canvas[i * u:(i + 1) * u, j * u:(j + 1) * u] = px

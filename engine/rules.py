@@ -252,25 +252,13 @@ def relight(frame: np.ndarray, daylight_from: float, daylight_to: float, view_ro
     return out
 
 
-def relight_tiles(tiles: np.ndarray, daylight_from: np.ndarray, at_from: np.ndarray, daylight_to: float, at_to: np.ndarray,
-                  view: tuple[int, int] = (7, 9), textures: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
-    """View tiles uint8 (m,u,u,3), each seen at view tile (row, col) ``at_from`` (m,2) under daylight
-    ``daylight_from`` (m,), as Crafter would draw them at view tile ``at_to`` (m,2) under ``daylight_to``: ``relight``
-    tile by tile (the night's vignette depends on where in the view a tile is). ``textures[i]``, where given, is
-    the unlit tile (u,u,3) to draw instead of unlighting tile i (a tile seen in deep night keeps too little of it)."""
-    tiles = np.asarray(tiles)
-    m, u = len(tiles), tiles.shape[1]
-    h, w = view[0] * u, view[1] * u
-    out = np.empty_like(tiles)
-    to = _light_terms(float(daylight_to), h, w)
-    for i in range(m):
-        (r0, c0), (r1, c1) = at_from[i], at_to[i]
-        src = tuple(t[r0 * u:(r0 + 1) * u, c0 * u:(c0 + 1) * u] for t in _light_terms(float(daylight_from[i]), h, w))
-        dst = tuple(t[r1 * u:(r1 + 1) * u, c1 * u:(c1 + 1) * u] for t in to)
-        tex = None if textures is None else textures[i]
-        unlit = _unlight(tiles[i].astype(np.float64), *src) if tex is None else np.asarray(tex, np.float64)
-        out[i] = _light(unlit, *dst)
-    return out
+def light_tiles(textures: Sequence[np.ndarray], daylight: float, at: np.ndarray, view: tuple[int, int] = (7, 9)) -> np.ndarray:
+    """Unlit tiles (m of (u,u,3)), the game's textures, as Crafter draws them at view tile (row, col) ``at`` (m,2)
+    under ``daylight``: uint8 (m,u,u,3) (the night's vignette depends on where in the view a tile is)."""
+    u = len(textures[0]) if len(textures) else 0
+    terms = _light_terms(float(daylight), view[0] * u, view[1] * u)
+    return np.stack([_light(np.asarray(tex, np.float64), *(t[r * u:(r + 1) * u, c * u:(c + 1) * u] for t in terms))
+                     for tex, (r, c) in zip(textures, at)]) if len(textures) else np.zeros((0, u, u, 3), np.uint8)
 
 
 def fit_clock(daylights: np.ndarray) -> int | None:

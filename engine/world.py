@@ -534,7 +534,7 @@ class Session:
                 bank.observe(z_all[i], i, p, lights[i])
                 labels = read_view_tiles(frames[i], np.arange(VIEW_ROWS * VIEW_COLS), lits[i]) if np.isfinite(lights[i]) else None
                 if labels is not None:
-                    bank.tiles.observe(z_all[i], frames[i], p, i, lights[i], labels)
+                    bank.tiles.observe(z_all[i], p, i, lights[i], labels)
             self._state.memory = bank
 
     def _start_life(self, frames: np.ndarray, lit: list, z: np.ndarray, first: int) -> None:
@@ -770,7 +770,7 @@ class Session:
                     if labels is None:
                         labels = read_view_tiles(frames[i], np.arange(VIEW_ROWS * VIEW_COLS), lit)
                     if labels is not None:
-                        bank.tiles.observe(out[0, i], frames[i], pose, st.frame_index + 1 + i, float(lit[0]), labels)
+                        bank.tiles.observe(out[0, i], pose, st.frame_index + 1 + i, float(lit[0]), labels)
             prev, prev_z, prev_lit = frames[i], out[0, i], lit
         if hold:
             st.extra["hold_lit"] = None if lit is None else [float(lit[0]), bool(lit[1])]
