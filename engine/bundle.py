@@ -7,6 +7,7 @@ A bundle is a self-contained directory that plays with no training code and no t
     graphs/dit.onnx        one chunk against the KV cache                      (fp32 or int8-dynamic)
     graphs/decoder.onnx    latents (B,C,g,g) -> uint8 frames (B,H,W,3)
     opening.npz            opening frames + actions, so a session can start without a context
+    reader.npz             the tile reader of the world's decoded frames (when the world has one; numpy only)
     actions.json           the action schema (names in the model's order, null action, default keys)
     tensorrt/...           (kind "tensorrt" only) fp16 graphs, engine plans, timing cache
 
@@ -184,6 +185,8 @@ def read_manifest(path: str | os.PathLike, verify_hashes: bool = True, check_gra
     if not isinstance(schema, dict) or schema.get("names") != list(ACTION_NAMES) or schema.get("null_action") != NULL_ACTION:
         raise BundleError(f"{apath}: the bundle's action schema ({schema.get('names') if isinstance(schema, dict) else schema!r}) "
                           f"differs from this worldsim's ({list(ACTION_NAMES)}, null {NULL_ACTION})")
+    if "reader" in files:   # the world's tile reader (worldsim.eval.reader), when the source world had one
+        check_file_entry(root, _need(files, "reader", dict, f"{where} files"), f"{where} files.reader", verify_hashes)
     if kind == "tensorrt":
         trt = _need(m, "tensorrt", dict, where)
         for i, e in enumerate(_need(trt, "engines", list, f"{where} tensorrt")):
@@ -251,4 +254,15 @@ def load_bundle_world(world_cls, path: Path, backend: str | None, preset, thread
         be = TensorRTBackend.from_bundle(path, m, preset, threads=threads)
     meta = {"name": world.get("name", path.name), "tick_hz": float(world.get("tick_hz", 8.0)), "max_window": max_window,
             "bundle": {"kind": m["kind"], "precision": {g: m["graphs"][g]["precision"] for g in GRAPH_NAMES}}}
-    return world_cls(path, meta, be, preset, opening, ae_cfg, dit_cfg, world["id"])
+    out = world_cls(path, meta, be, preset, opening, ae_cfg, dit_cfg, world["id"])
+    if "reader" in m["files"]:
+        from worldsim.eval.reader import load_reader_npz
+
+        # the export checked it against the source autoencoder; the manifest's hash guards the file since
+        try:
+            out.reader = load_reader_npz(path / m["files"]["reader"]["file"])
+        except ValueError as e:
+            raise BundleError(str(e)) from None
+        if out.reader.cfg.image_size != ae_cfg.image_size:
+            raise BundleError(f"{path}: the tile reader reads {out.reader.cfg.image_size}px frames, the bundle renders {ae_cfg.image_size}px")
+    return out

@@ -90,3 +90,23 @@ def exact_codec(backend) -> None:
         return np.stack(out)
 
     backend.encode, backend.decode = encode, decode
+
+
+def add_random_reader(world_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """Give a world dir a random-weight tiny tile reader tied to its autoencoder (listed in world.json); -> its path."""
+    import json
+
+    from worldsim.eval.reader import TileReader, file_digest, reader_config, save_reader
+    from worldsim.eval.tiles import NUM_CLASSES
+
+    world_dir = Path(world_dir)
+    meta = json.loads((world_dir / "world.json").read_text())
+    cfg = reader_config("tiny")
+    rng = np.random.default_rng(seed)
+    dims = [cfg.inputs] + [cfg.hidden] * cfg.depth + [NUM_CLASSES]
+    weights = [((rng.standard_normal((a, b)) / a ** 0.5).astype(np.float32), np.zeros(b, np.float32)) for a, b in zip(dims, dims[1:])]
+    reader = TileReader(cfg, weights, {"autoencoder_sha256": file_digest(world_dir / meta["autoencoder"])})
+    save_reader(world_dir / "reader.safetensors", reader)
+    meta["reader"] = "reader.safetensors"
+    atomic_write_json(world_dir / "world.json", meta)
+    return world_dir / "reader.safetensors"

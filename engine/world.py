@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -30,6 +31,7 @@ from engine.memory import MemoryBank, MemoryConfig, MemoryKV, fill_uncovered, me
 from worldsim.actions import ACTION_NAMES, NULL_ACTION, action_index
 from worldsim.diffusion import FlowSampler
 from worldsim.io import atomic_path, read_json
+from worldsim.eval.reader import TileReader, load_reader, reading_with
 from worldsim.eval.tiles import daylight_at
 from worldsim.memory import VIEW_COLS, VIEW_ROWS, estimate_move, frame_lighting, read_view_tiles, target_walkable, track_poses
 
@@ -157,6 +159,9 @@ class World:
         self.id = world_id
         self.sampler = FlowSampler(steps=preset.steps, shift=preset.shift, stochastic=preset.stochastic)
         self._load_models = None  # () -> (ae, dit) for a world directory on onnxruntime: more fixed-shape graphs
+        # the tile reader trained on this world's autoencoder (worldsim.eval.reader): the rules and the memory
+        # read the world's decoded frames with it; None: the texture model (worldsim.eval.tiles) reads them
+        self.reader: TileReader | None = None
 
     def prepare_shapes(self, shapes: Sequence[tuple[int, int]]) -> None:
         """Give the onnxruntime backend fixed-shape DiT graphs for one session's (k chunk frames, P cache slots)
@@ -243,6 +248,12 @@ class World:
             raise BackendUnavailable(f"backend 'tensorrt' runs exported engines, and {path} is a world directory: export a bundle on this "
                                      f"GPU machine with `worldsim export --world {path} --format tensorrt --out BUNDLE`, then load BUNDLE")
         world = cls(path, meta, be, preset, opening, ae_cfg, dit_cfg, world_id)
+        if meta.get("reader"):
+            # a reader trained on another autoencoder would misread: load_reader checks the digest
+            world.reader = load_reader(path / meta["reader"], autoencoder=ae_path)
+            if world.reader.cfg.image_size != ae_cfg.image_size:
+                raise ValueError(f"{path / meta['reader']}: the reader reads {world.reader.cfg.image_size}px frames, "
+                                 f"the world renders {ae_cfg.image_size}px")
         if name == "onnxruntime":
             world._load_models = load_models
         return world
@@ -419,6 +430,15 @@ class SessionState:
         memory = MemoryBank.from_arrays(arrays, meta["memory"]) if meta.get("memory") is not None else None
         return cls(int(meta["frame_index"]), cache, arrays["frame"], arrays["latent"], meta["rng_state"], meta.get("extra", {}), memory,
                    arrays.get("awake_latent"))
+
+
+def _reads_generated(method):
+    """Run a Session method with the world's tile reader in force (it reads the world's decoded frames)."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        with reading_with(self.world.reader):
+            return method(self, *args, **kwargs)
+    return wrapped
 
 
 class Session:
@@ -679,6 +699,7 @@ class Session:
                         "memory_filled": found["filled"], "total_ms": (t4 - t0) * 1e3}
         return frames
 
+    @_reads_generated
     def _warm_start(self, noise: np.ndarray, acts: list[int]) -> tuple[np.ndarray, float]:
         """The start of a chunk's denoising from its noise (1,k,C,g,g): -> (start, its level), (noise, 1.0) cold.
 
@@ -695,6 +716,7 @@ class Session:
             return noise, 1.0
         return (warm * noise + (1 - warm) * start[None, None]).astype(np.float32), float(warm)
 
+    @_reads_generated
     def _finish(self, x0: np.ndarray, acts: list[int], found: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """The denoised chunk x0 (1,k,C,g,g) -> (x0 as it will be committed, its frames uint8 (k,H,W,3)).
 

@@ -115,6 +115,11 @@ def export_bundle(world_dir: str | os.PathLike, out: str | os.PathLike, kind: st
             raise ParityError(f"export of {world_dir} failed its parity check against the torch reference, nothing was written: "
                               f"{report.failures()}\n" + "\n".join(report.lines()))
         shutil.copy(opening_path, tmp / "opening.npz")
+        if meta.get("reader"):
+            from worldsim.eval.reader import load_reader, save_reader_npz
+
+            # trained on this autoencoder, or a clear error; a numpy archive in the bundle (no torch to load it)
+            save_reader_npz(tmp / "reader.npz", load_reader(world_dir / meta["reader"], autoencoder=ae_path))
         atomic_write_json(tmp / "actions.json", action_schema())
         source_id = hashlib.sha256((_file_digest(ae_path) + _file_digest(dit_path)).encode()).hexdigest()[:16]
         config_json = json.dumps({"autoencoder": _cfg(ae.cfg), "dit": _cfg(dit.cfg)}, sort_keys=True)
@@ -137,7 +142,8 @@ def export_bundle(world_dir: str | os.PathLike, out: str | os.PathLike, kind: st
             "opset": OPSET,
             "precision": precision,
             "graphs": graph_entries,
-            "files": {"opening": _entry(tmp, tmp / "opening.npz"), "actions": _entry(tmp, tmp / "actions.json")},
+            "files": {"opening": _entry(tmp, tmp / "opening.npz"), "actions": _entry(tmp, tmp / "actions.json"),
+                      **({"reader": _entry(tmp, tmp / "reader.npz")} if meta.get("reader") else {})},
             "runtime": {"default_preset": "fast", "parity_preset": preset},
             "parity": {"onnxruntime": report.to_json()},
             "tools": tool_versions(),

@@ -75,6 +75,9 @@ def test_revisits_in_the_worlds_own_walk(results):
     assert own["gap_frames_mean"] > CFG.context
     assert own["block_kept"] == 1.0 and own["area"] >= 0.95 and own["view_n"] > own["area_n"] > 0
     assert own["pose_steps_right"] >= 0.98 and own["pose_steps_right_n"] > 50
+    ev = own["per_event"]
+    assert len(ev) == own["returned"] and sum(e["frames"] for e in ev) == own["frames_back"]
+    assert all(e["kept"] == e["frames"] and e["read_instead"] is None and e["gap"] > CFG.context for e in ev)
     base = res["revisits_own"]["copy_last"]
     assert base["returned"] == 0 and base["frames_back"] == 0 and "pose_steps_right" not in base
 
@@ -167,6 +170,24 @@ def test_sessions_follow_the_duck_typed_api(episodes):
         RealGameWorld(episodes).new_session(context=np.zeros((1, 72, 72, 3), np.uint8))
 
 
+def test_each_world_is_read_with_its_own_reader(episodes):
+    """The model's frames with the world's reader (here one that reads everything as lava), copy-last's with
+    the texture model."""
+    from worldsim.eval.reader import ReaderConfig, TileReader
+    from worldsim.eval.tiles import LAVA, NUM_CLASSES
+
+    cfg = ReaderConfig(hidden=2, depth=1)
+    b = np.zeros(NUM_CLASSES, np.float32)
+    b[LAVA] = 50
+    world = RealGameWorld(episodes)
+    world.reader = TileReader(cfg, [(np.zeros((cfg.inputs, 2), np.float32), np.zeros(2, np.float32)),
+                                    (np.zeros((2, NUM_CLASSES), np.float32), b)])
+    res, _ = P.evaluate(world, episodes, CFG, protocols=("one_step",), progress=False, log=lambda m: None)
+    assert res["one_step"]["model"]["tile_all"] < 0.05
+    assert res["one_step"]["copy_last"]["tile_all"] > 0.5
+    assert "reader" not in res          # a world with no backend to round-trip frames through: nothing to validate
+
+
 def test_held_out_seeds_only():
     with pytest.raises(ValueError, match="1000000"):
         dataclasses.replace(CFG, seed=5)
@@ -184,9 +205,10 @@ def test_cli_reference_and_engine_worlds(cache, episodes, tmp_path, monkeypatch)
     assert data["world"]["name"] == "copy-last" and set(data["results"]) >= {"one_step", "rollouts"}
     assert "revisits" not in data["results"]
     # an engine world (tiny, random weights) through the same command
-    from engine.testing import make_tiny_world
+    from engine.testing import add_random_reader, make_tiny_world
 
     wdir = make_tiny_world(tmp_path / "tiny")
+    add_random_reader(wdir)
     out2 = tmp_path / "tiny-report"
     rc = main(["eval", "--world", str(wdir), "--quick", "--out", str(out2), "--cache", str(cache), "--no-progress",
                "--protocols", "one_step", "--window", "2", "--steps", "2"])
@@ -195,6 +217,10 @@ def test_cli_reference_and_engine_worlds(cache, episodes, tmp_path, monkeypatch)
     assert data["world"]["kind"] == "engine"
     assert (data["world"]["window"], data["world"]["steps"]) == (2, 2)  # the preset overrides reached the world
     assert data["results"]["one_step"]["model"]["psnr"] < data["results"]["one_step"]["copy_last"]["psnr"]
+    # the world's tile reader, measured against the texture model on the world's round trips of real frames
+    r = data["results"]["reader"]
+    assert r["frames"] == CFG.episode_len and 0 <= r["reader"]["all"] <= 1 and 0 <= r["texture_model"]["all"] <= 1
+    assert "tile reader" in (out2 / "report.md").read_text()
     # bad input: clear errors, exit code 2
     assert main(["eval", "--world", "copy-last", "--out", str(tmp_path / "x"), "--seed", "12", "--cache", str(cache)]) == 2
     assert main(["eval", "--world", "copy-last", "--out", str(tmp_path / "x"), "--protocols", "dance",

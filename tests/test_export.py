@@ -18,7 +18,7 @@ import torch
 from engine import BackendUnavailable, World
 from engine.backends import tensorrt_unavailable_reason
 from engine.bundle import BundleError, read_manifest
-from engine.testing import make_tiny_world
+from engine.testing import add_random_reader, make_tiny_world
 from export.bundle import export_bundle
 from export.parity import ParityError, check_parity, play
 
@@ -36,7 +36,10 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    return make_tiny_world(tmp_path_factory.mktemp("export") / "tiny", seed=3)
+    """The tiny world with a (random) tile reader: bundles carry it."""
+    path = make_tiny_world(tmp_path_factory.mktemp("export") / "tiny", seed=3)
+    add_random_reader(path, seed=3)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +74,7 @@ def test_bundle_plays_the_same_frames_as_its_source_world(tiny, bundle, preset):
     """export -> World.load(bundle) -> identical frames to the source world on onnxruntime, with no torch
     weights, world.json or ONNX cache in the bundle."""
     files = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
-    assert files == {"manifest.json", "actions.json", "opening.npz", "graphs/encoder.onnx", "graphs/dit.onnx", "graphs/decoder.onnx"}
+    assert files == {"manifest.json", "actions.json", "opening.npz", "graphs/encoder.onnx", "graphs/dit.onnx", "graphs/decoder.onnx", "reader.npz"}
     src = World.load(tiny, backend="onnxruntime", preset=preset)
     b = World.load(bundle, preset=preset)
     assert b.backend_name == "onnxruntime" and b.id == src.id and b.frame_shape == src.frame_shape
@@ -117,6 +120,12 @@ def test_manifest_describes_graphs_hashes_configs_and_parity(tiny, bundle):
     assert p["ok"] and p["frames"] == 6
     assert set(p["max_diff"]) == {"encoder/latents", "dit/x0", "dit/k", "dit/v", "decoder/frames"}
     assert all(p["max_diff"][k] <= p["tolerance"][k] for k in p["max_diff"])
+    # the world's tile reader travels as a numpy archive and reads exactly as the source world's
+    assert m["files"]["reader"]["sha256"] == sha256_file(bundle / m["files"]["reader"]["file"])
+    src, out = World.load(tiny, backend="torch").reader, World.load(bundle).reader
+    frames = np.random.default_rng(0).integers(0, 256, (3, 72, 72, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(out.logits(frames, [0.2, 0.6, 1.0], [False, True, False]),
+                                  src.logits(frames, [0.2, 0.6, 1.0], [False, True, False]))
 
 
 # -- validation: tampered and mismatched bundles ----------------------------------------------------------
@@ -137,7 +146,7 @@ def test_changed_graph_bytes_are_a_hash_mismatch(bundle_copy):
         World.load(bundle_copy)
 
 
-@pytest.mark.parametrize("victim", ["graphs/decoder.onnx", "opening.npz", "actions.json"])
+@pytest.mark.parametrize("victim", ["graphs/decoder.onnx", "opening.npz", "actions.json", "reader.npz"])
 def test_missing_file_is_named(bundle_copy, victim):
     (bundle_copy / victim).unlink()
     with pytest.raises(BundleError, match=f"{victim} is missing"):

@@ -234,9 +234,11 @@ def frame_lighting(frame: np.ndarray) -> tuple[float, bool] | None:
 def read_view_tiles(frame: np.ndarray, tiles: np.ndarray, lighting: tuple[float, bool] | None = None) -> np.ndarray | None:
     """Semantic labels int64 (n,) of view tiles ``tiles`` (n,) (index row * 9 + column) of a frame uint8
     (S,S,3), by worldsim.eval.tiles' nearest-texture model (its Gaussian night model); ``lighting`` from
-    ``frame_lighting`` (estimated here when None). None where the classifier cannot read the frame."""
+    ``frame_lighting`` (estimated here when None). None where the classifier cannot read the frame. Inside
+    ``worldsim.eval.reader.reading_with(reader)`` (a world's session step) the labels come from that reader."""
     tiles = np.asarray(tiles, np.int64).reshape(-1)
     try:
+        from worldsim.eval.reader import active_reader
         from worldsim.eval.tiles import get_classifier
 
         frame = np.asarray(frame)
@@ -244,6 +246,9 @@ def read_view_tiles(frame: np.ndarray, tiles: np.ndarray, lighting: tuple[float,
         lighting = frame_lighting(frame) if lighting is None else lighting
         if lighting is None:
             return None
+        reader = active_reader(int(frame.shape[0]))
+        if reader is not None:   # a world's decoded frame, read with the reader trained on its autoencoder
+            return reader.read_tiles(frame, tiles, float(lighting[0]), bool(lighting[1]))
         day, sleep = np.array([lighting[0]], np.float32), np.array([lighting[1]])
         obs = clf.view_tiles(frame[None])[:, tiles]
         dist = clf._day_distances(obs, day, sleep) if day[0] >= 0.5 else clf._gaussian_distances(obs, day, sleep, tiles)

@@ -386,7 +386,7 @@ def tile_metrics(pred_frames: np.ndarray, true_frames: np.ndarray, true_semantic
         if sem.shape != (B, T, VIEW_ROWS, VIEW_COLS):
             raise ValueError(f"true_semantic must have shape {(B, T, VIEW_ROWS, VIEW_COLS)}, got {sem.shape}")
     pd, ps, match = clf.choose_lighting(flat_pred, d, s)
-    reading = clf.classify(flat_pred, pd, ps)
+    reading = clf.read_generated(flat_pred, pd, ps)
     pred_lab = reading.labels.reshape(B, T, VIEW_ROWS, VIEW_COLS)
     seen = None
     if context_frames is not None or context_semantic is not None:

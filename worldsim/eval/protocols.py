@@ -33,7 +33,8 @@ import numpy as np
 
 from worldsim.actions import ACTION_NAMES
 from worldsim.eval import metrics as M
-from worldsim.eval.tiles import PLAYER_COL, PLAYER_ROW, VIEW_COLS, VIEW_ROWS, get_classifier
+from worldsim.eval.reader import reading_with
+from worldsim.eval.tiles import PLAYER_COL, PLAYER_ROW, SEMANTIC_NAMES, VIEW_COLS, VIEW_ROWS, get_classifier
 
 EVAL_SEEDS_START = 1_000_000       # held-out env seeds (worldsim.data.format.EVAL_SEEDS_START)
 LOOKING = 4                         # recorder segment label: standing beside A, facing it
@@ -191,7 +192,7 @@ def _read(clf, pred: np.ndarray, true: np.ndarray, day: np.ndarray, sleep: np.nd
     Comparing the world's tiles with the *read* real tiles makes a perfect world score exactly 1.
     """
     d, s, match = clf.choose_lighting(pred, day, sleep)
-    return clf.classify(pred, d, s), clf.classify(true, day, sleep), match
+    return clf.read_generated(pred, d, s), clf.classify(true, day, sleep), match
 
 
 def _rates(tally: M.Tally, names: Sequence[str]) -> dict[str, float | None]:
@@ -471,7 +472,7 @@ def revisits_own(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progr
         return {"events": 0}, {}
     clf = get_classifier(episodes[0].frames.shape[1])
     tally, pose = M.Tally(), M.Tally()
-    returned, gaps = 0, []
+    returned, gaps, per_event = 0, [], []
     samples: dict[str, np.ndarray] = {}
     plans = [(e, *map(int, row)) for e, row in evs]
     plans = [(e, t_place, look_end(episodes[e], t_back, cfg), x, y, placed) for e, t_place, _, t_back, x, y, placed in plans]
@@ -493,7 +494,7 @@ def revisits_own(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progr
             real = np.stack(truth)
             pose.add("pose_steps_right", (np.diff(walk, axis=0) == np.diff(real, axis=0)).all(-1))
         day, asleep = clf.estimate_lighting(out)  # read from each frame: there is no real frame to borrow it from
-        labels = clf.classify(out, day, asleep).labels
+        labels = clf.read_generated(out, day, asleep).labels
         d = (np.array([x, y]) - ep.pos[t_place])[None] - walk  # the block's cell relative to the player
         on = (np.abs(d[:, 0]) <= PLAYER_COL) & (np.abs(d[:, 1]) <= PLAYER_ROW)
         back = _return_after_gap(on, k)
@@ -509,6 +510,13 @@ def revisits_own(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progr
         kept = lab[np.arange(len(idx)), rows, cols] == placed
         tally.add("block_kept", kept)
         by_day = (day[idx] >= 0.5) & ~asleep[idx]
+        # per event, for reading the misses: what was placed, how long away, what stood there instead
+        seen = lab[np.arange(len(idx)), rows, cols]
+        per_event.append({"seed": int(ep.seed), "t_place": int(t_place), "placed": SEMANTIC_NAMES[int(placed)],
+                          "gap": int(ret - dep - 1), "frames": int(len(idx)), "kept": int(kept.sum()),
+                          "frames_night": int((~by_day).sum()), "kept_night": int(kept[~by_day].sum()),
+                          "read_instead": SEMANTIC_NAMES[int(np.bincount(seen[~kept], minlength=len(SEMANTIC_NAMES)).argmax())]
+                          if (~kept).any() else None})
         tally.add("block_kept_day", kept[by_day])
         tally.add("block_kept_night", kept[~by_day])
         scored = (ref != M.UNSEEN) & ~M.IS_OBJECT[ref] & ~M.IS_OBJECT[lab]
@@ -524,6 +532,7 @@ def revisits_own(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progr
                               "gap_frames_mean": float(np.mean(gaps)) if gaps else None}
     result.update(_rates(tally, ["block_kept", "area", "view", "block_kept_day", "block_kept_night"]))
     result["frames_back"] = result.pop("block_kept_n")
+    result["per_event"] = per_event
     if pose.counts:
         result.update(_rates(pose, ["pose_steps_right"]))
     return result, samples
@@ -608,6 +617,24 @@ def long_run(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
 
 
 # ----- the ruler ---------------------------------------------------------------------------------
+def validate_reader(world: Any, episodes: Sequence[Episode], max_frames: int = 1000) -> dict[str, Any]:
+    """The world's tile reader against the texture model on held-out real frames passed through the world's
+    autoencoder (the ceiling of what its frames can show), both against the game's semantic map."""
+    from worldsim.eval.reader import accuracy
+
+    frames = np.concatenate([ep.frames for ep in episodes])
+    data = {"semantic": np.concatenate([ep.semantic for ep in episodes]), "daylight": np.concatenate([ep.daylight for ep in episodes]),
+            "sleeping": np.concatenate([ep.sleeping for ep in episodes])}
+    idx = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)
+    frames, data = frames[idx], {k: v[idx] for k, v in data.items()}
+    rt = np.concatenate([world.backend.decode(world.backend.encode(frames[i:i + 64])) for i in range(0, len(frames), 64)])
+    clf = get_classifier(frames.shape[1])
+    with reading_with(world.reader):
+        mine = clf.read_generated(rt, data["daylight"], data["sleeping"]).labels
+    theirs = clf.classify(rt, data["daylight"], data["sleeping"]).labels
+    return {"frames": int(len(frames)), "reader": accuracy(mine, data), "texture_model": accuracy(theirs, data)}
+
+
 def validate_classifier(episodes: Sequence[Episode], max_frames: int = 4000) -> dict[str, Any]:
     """Accuracy of the tile classifier (with estimated lighting) against the game's semantic map."""
     frames = np.concatenate([ep.frames for ep in episodes])
@@ -674,12 +701,21 @@ def evaluate(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, baseline:
     results: dict[str, Any] = {"classifier": validate_classifier(episodes)}
     log(f"classifier on {results['classifier']['frames']} real frames: "
         f"{100 * results['classifier']['accuracy']:.2f}% of tiles right")
+    if getattr(world, "reader", None) is not None and hasattr(getattr(world, "backend", None), "encode"):
+        results["reader"] = validate_reader(world, episodes)
+        r = results["reader"]
+        log(f"tile reader on {r['frames']} held-out frames through the world's autoencoder: {100 * r['reader']['all']:.2f}% "
+            f"of tiles right (night {100 * r['reader'].get('night', float('nan')):.2f}%); the texture model "
+            f"{100 * r['texture_model']['all']:.2f}% (night {100 * r['texture_model'].get('night', float('nan')):.2f}%)")
     samples: dict[str, Any] = {}
     for name in protocols:
         fn = PROTOCOLS[name]
         t0 = time.perf_counter()
-        model, model_s = fn(world, episodes, cfg, progress, "model")
-        base, base_s = fn(baseline, episodes, cfg, progress, "copy-last")
+        # each world's frames are read with its own tile reader (the texture model where it has none)
+        with reading_with(getattr(world, "reader", None)):
+            model, model_s = fn(world, episodes, cfg, progress, "model")
+        with reading_with(getattr(baseline, "reader", None)):
+            base, base_s = fn(baseline, episodes, cfg, progress, "copy-last")
         results[name] = {"model": model, "copy_last": base, "seconds": time.perf_counter() - t0}
         samples[name] = {"model": model_s, "copy_last": base_s}
         log(f"{name}: done in {results[name]['seconds']:.0f} s")

@@ -281,6 +281,18 @@ def markdown(report: Mapping[str, Any]) -> str:
         lines += [f"| all | {_fmt(c['accuracy'], '%')} | {c['frames']} |", "",
                   f"Inventory read exactly on {_fmt(c['inventory_exact'], '%')} of frames; daylight estimated to "
                   f"±{c['daylight_error']:.3f}; {c['ms_per_frame']:.2f} ms per frame.", ""]
+    r = res.get("reader")
+    if r:
+        lines += ["## The ruler for generated frames: the world's tile reader", "",
+                  "A world's frames come out of its autoencoder, which keeps each tile's class but not its exact pixels; "
+                  "they are read with the tile reader trained on that autoencoder's round trips of real frames "
+                  "(`worldsim train-reader`). Here both readers on held-out real frames passed through the world's "
+                  "autoencoder (the most the world's frames can show):", "",
+                  "| | reader | texture model |", "|---|---:|---:|"]
+        for k in ("all", "day", "night", "deep_night", "asleep", "night_stone", "night_table", "night_plant", "night_tree"):
+            if k in r["reader"]:
+                lines.append(f"| {k.replace('_', ' ')} | {_fmt(r['reader'][k], '%')} | {_fmt(r['texture_model'].get(k), '%')} |")
+        lines += ["", f"{r['frames']} frames.", ""]
     if "one_step" in res and res["one_step"]["model"].get("samples"):
         m, b = res["one_step"]["model"], res["one_step"]["copy_last"]
         lines += ["## One-step prediction (real context)", ""]
@@ -460,7 +472,7 @@ def check_report(report: Mapping[str, Any]) -> None:
     if report["format"] != REPORT_FORMAT or report["version"] != REPORT_VERSION:
         raise ValueError(f"not a {REPORT_FORMAT} v{REPORT_VERSION} report: {report['format']!r} v{report['version']!r}")
     for name, res in report["results"].items():
-        if name in ("classifier", "config"):
+        if name in ("classifier", "config", "reader"):
             continue
         if not isinstance(res, Mapping) or "model" not in res or "copy_last" not in res:
             raise ValueError(f"eval report: protocol {name!r} must hold 'model' and 'copy_last' results")

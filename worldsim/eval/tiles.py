@@ -465,6 +465,22 @@ class TileClassifier:
         return TileReading(labels.reshape(shape), dist.reshape(shape), other.reshape(shape), tmpl.reshape(shape),
                            np.asarray(d, np.float32).reshape(lead), np.asarray(s, bool).reshape(lead))
 
+    def read_generated(self, frames: np.ndarray, daylight: float | np.ndarray | None = None,
+                       sleeping: bool | np.ndarray | None = None) -> TileReading:
+        """``classify`` for frames a world drew (uint8 (..., H, W, 3)): the labels come from the world's tile
+        reader when one is in force (``worldsim.eval.reader.reading_with``); distances, templates and so the
+        unexplained tiles stay the texture model's (how far the pixels are from any game texture)."""
+        from worldsim.eval.reader import active_reader
+
+        reading = self.classify(frames, daylight, sleeping)
+        reader = active_reader(self.size)
+        if reader is None:
+            return reading
+        lead = np.asarray(frames).shape[:-3]
+        flat = np.asarray(frames).reshape((-1,) + np.asarray(frames).shape[-3:])
+        labels = reader.read(flat, reading.daylight.reshape(-1), reading.sleeping.reshape(-1))
+        return dataclasses.replace(reading, labels=labels.reshape(lead + (VIEW_ROWS, VIEW_COLS)))
+
     def _settle(self, obs, d, s, score, j, night, top: int = 12, margin: float = 25.0) -> np.ndarray:
         """Re-decide doubtful night tiles (Gaussian runner-up within ``margin``) with the exact noise model.
 

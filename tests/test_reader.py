@@ -1,0 +1,144 @@
+"""The tile reader of decoded frames (worldsim.eval.reader): it reads the shipped autoencoder's round trips of
+real night frames where the texture model fails; it trains; its files and errors; where it is in force."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from engine import World
+from engine.world import default_world_dir
+from worldsim.checkpoint import CheckpointError
+from worldsim.eval import reader as R
+from worldsim.eval import tiles as T
+from worldsim.memory import read_view_tiles
+from worldsim.train import load_autoencoder
+
+LAVA = T.LAVA
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    d = default_world_dir()
+    ae = load_autoencoder(d / "autoencoder.safetensors").eval()
+    return d, ae, R.load_reader(d / "reader.safetensors", autoencoder=d / "autoencoder.safetensors")
+
+
+@pytest.fixture(scope="module")
+def held(shipped):
+    """A whole day (smooth night: a world's night) of real frames through the shipped autoencoder; not a training seed."""
+    _, ae, _ = shipped
+    ep = R.play_episode(950_001, 300, smooth_night=True)
+    ep["frames"] = R.round_trip(ae, ep["frames"])
+    return ep
+
+
+def _constant_reader(label: int, size: int = 72) -> R.TileReader:
+    """A reader that reads every tile as ``label`` (its last bias decides)."""
+    cfg = R.ReaderConfig(image_size=size, hidden=4, depth=1)
+    b = np.zeros(T.NUM_CLASSES, np.float32)
+    b[label] = 100
+    return R.TileReader(cfg, [(np.zeros((cfg.inputs, 4), np.float32), np.zeros(4, np.float32)),
+                              (np.zeros((4, T.NUM_CLASSES), np.float32), b)])
+
+
+def test_shipped_reader_reads_round_trips_where_the_texture_model_fails(shipped, held):
+    _, _, reader = shipped
+    mine = R.accuracy(reader.read(held["frames"], held["daylight"], held["sleeping"]), held)
+    theirs = R.accuracy(T.get_classifier(72).classify(held["frames"], held["daylight"], held["sleeping"]).labels, held)
+    assert mine["day"] >= 0.995
+    assert mine["night"] >= 0.95 and mine["night"] >= theirs["night"] + 0.03, (mine, theirs)
+    assert mine["all"] > theirs["all"]
+
+
+def test_a_tiny_reader_learns_from_round_trips(shipped, held):
+    _, ae, _ = shipped
+    reader = R.train_reader(ae, R.reader_config("tiny"), [600_000, 600_001, 600_002], steps=600, episode_steps=150, log=lambda s: None)
+    day = held["daylight"] >= 0.5
+    acc = (reader.read(held["frames"][day], held["daylight"][day], held["sleeping"][day]) == held["semantic"][day]).mean()
+    majority = np.bincount(held["semantic"][day].ravel()).max() / held["semantic"][day].size
+    assert acc >= 0.75 and acc > majority + 0.2, (acc, majority)   # 0.80 vs 0.54 measured
+
+
+def test_files_round_trip_and_errors(shipped, held, tmp_path):
+    d, _, reader = shipped
+    p = tmp_path / "reader.safetensors"
+    R.save_reader(p, reader)
+    again = R.load_reader(p, autoencoder=d / "autoencoder.safetensors")
+    f = held["frames"][:5]
+    np.testing.assert_array_equal(again.logits(f, held["daylight"][:5], held["sleeping"][:5]),
+                                  reader.logits(f, held["daylight"][:5], held["sleeping"][:5]))
+    other = tmp_path / "other-ae.bin"
+    other.write_bytes(b"another autoencoder")
+    with pytest.raises(CheckpointError, match="another autoencoder"):
+        R.load_reader(p, autoencoder=other)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(p.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        R.load_reader(bad)
+    with pytest.raises(CheckpointError, match="tile_reader"):
+        R.load_reader(d / "dit.safetensors")
+    with pytest.raises(ValueError, match=r"\(N, 72, 72, 3\)"):
+        reader.read(np.zeros((1, 90, 90, 3), np.uint8), [1.0], [False])
+    with pytest.raises(ValueError, match="layer 0"):
+        R.TileReader(R.ReaderConfig(hidden=4, depth=1), [(np.zeros((3, 4)), np.zeros(4)), (np.zeros((4, 19)), np.zeros(19))])
+
+
+def test_the_reader_is_in_force_only_inside_its_scope(held):
+    frame, lit = held["frames"][10], (float(held["daylight"][10]), bool(held["sleeping"][10]))
+    tiles = np.arange(63)
+    texture = read_view_tiles(frame, tiles, lit)
+    assert (texture == held["semantic"][10].reshape(-1)).mean() > 0.95
+    lava = _constant_reader(LAVA)
+    with R.reading_with(lava):
+        assert (read_view_tiles(frame, tiles, lit) == LAVA).all()
+        with R.reading_with(None):       # a world without a reader, inside one with
+            np.testing.assert_array_equal(read_view_tiles(frame, tiles, lit), texture)
+        assert R.active_reader(90) is None      # a reader reads its own frame size only
+        # the eval's reading of generated frames: labels from the reader, distances from the texture model
+        clf = T.get_classifier(72)
+        gen = clf.read_generated(held["frames"][10:12], held["daylight"][10:12], held["sleeping"][10:12])
+        assert (gen.labels == LAVA).all()
+        np.testing.assert_array_equal(gen.distance, clf.classify(held["frames"][10:12], held["daylight"][10:12],
+                                                                 held["sleeping"][10:12]).distance)
+    np.testing.assert_array_equal(read_view_tiles(frame, tiles, lit), texture)
+    assert R.active_reader() is None
+
+
+def test_sessions_read_generated_frames_with_the_worlds_reader(tiny_world_dir):
+    world = World.load(tiny_world_dir, backend="torch", preset="fast")
+    assert world.reader is None                      # the tiny world ships none: the texture model reads
+    calls = []
+
+    class Spy(R.TileReader):
+        def read(self, frames, daylight, sleeping):
+            calls.append(len(frames))
+            return super().read(frames, daylight, sleeping)
+
+    lava = _constant_reader(LAVA)
+    world.reader = Spy(lava.cfg, lava.weights)
+    s = world.new_session()
+    assert not calls                                 # the context is real frames: the texture model reads them
+    s.step("move_left")
+    assert calls                                     # the rules read the drawn frame with the world's reader
+    assert R.active_reader() is None                 # and only while stepping
+
+
+def test_world_loads_its_reader_and_refuses_a_foreign_one(tmp_path):
+    src = default_world_dir()
+    world = World.load(src, backend="torch")
+    assert world.reader is not None and world.reader.meta["autoencoder_sha256"] == R.file_digest(src / "autoencoder.safetensors")
+    d = tmp_path / "w"
+    shutil.copytree(src, d, ignore=shutil.ignore_patterns(".cache"))
+    foreign = _constant_reader(LAVA)
+    foreign.meta["autoencoder_sha256"] = "0" * 64
+    R.save_reader(d / "reader.safetensors", foreign)
+    with pytest.raises(CheckpointError, match="another autoencoder"):
+        World.load(d, backend="torch")
+    meta = json.loads((d / "world.json").read_text())
+    del meta["reader"]
+    (d / "world.json").write_text(json.dumps(meta))
+    assert World.load(d, backend="torch").reader is None
