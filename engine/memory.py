@@ -415,7 +415,8 @@ def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_p
     (1,S,S,3) -> (1,C,g,g)); given ``decode`` too, a relit tile the autoencoder does not give back as the same
     kind of tile (it can fail on a tile it never saw lit so) gets the remembered token as it is (right, if lit
     as before); without ``encode`` such cells are left to the model. Cells where the model drew a
-    creature or an arrow are left to it (MOVERS: a zombie walking in is not erased; the map holds none), and
+    creature or an arrow are left to it (MOVERS: a zombie walking in is not erased; the map holds none) where the
+    remembered tile is ground it can stand on or fly over (``engine.rules.mover_allowed``), and
     nothing is filled where the frame's light is unknown (None: unreadable, or the player sleeps).
     ``frame`` uint8 (S,S,3) is the decoded new frame.
     """
@@ -435,7 +436,12 @@ def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_p
     here = read_view_tiles(frame, r * VIEW_COLS + c, (float(light), False))
     if here is None:
         return latent, 0
-    ok = ~np.isin(here, MOVERS)
+    # a creature or an arrow the model drew is left to it (a zombie walking in is not erased), but only on ground
+    # it could be on (Crafter's walkable sets): one drawn over a remembered stone, tree or table is the model's
+    # invention (measured: a row of cows drawn across a placed stone as it came back into view)
+    from engine.rules import mover_allowed
+
+    ok = ~np.isin(here, MOVERS) | ~mover_allowed(here, tiles.label[rows])
     near = ok & (np.abs(tiles.light[rows] - light) <= light_tol)
     other = np.flatnonzero(ok & ~near) if encode is not None else np.zeros(0, np.int64)
     textures = {int(j): _texture(frame.shape[0], int(tiles.label[rows[j]])) for j in other}

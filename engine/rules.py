@@ -49,7 +49,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from worldsim.eval.tiles import ARROW, COW, GRASS, LAVA, PATH, PLANT, SAND, SKELETON, STATIC_CLASSES, WATER, ZOMBIE, daylight_at
+from worldsim.eval.tiles import (ARROW, COW, FURNACE, GRASS, LAVA, PATH, PLANT, SAND, SKELETON, STATIC_CLASSES, STONE, TABLE, WATER, ZOMBIE,
+                                 daylight_at)
+
+COAL, IRON, DIAMOND = 8, 9, 10  # worldsim.eval.tiles.SEMANTIC_NAMES
 from worldsim.actions import ACTION_NAMES
 from worldsim.memory import (PLAYER_COL, PLAYER_ROW, VIEW_COLS, VIEW_ROWS, estimate_move, frame_lighting, move_delta, moved_view,
                              read_view_tiles, target_walkable)
@@ -98,6 +101,17 @@ def warm_start(prev_latent: np.ndarray, prev_frame: np.ndarray, action: int) -> 
 
 # actions that can change the terrain the player faces: collecting (stone, coal... become path) and placing
 TERRAIN_ACTIONS = frozenset(i for i, n in enumerate(ACTION_NAMES) if n == "do" or n.startswith("place_"))
+# what each of them can do to a tile beside the player (crafter/data.yaml: collect and place): -> {(from, to)}.
+# "do" mines stone, coal, iron and diamond to path and eats a ripe plant (grass left); placing puts its block on
+# the ground it needs. Anything else a tile beside the player became is the model's (e.g. a mined path drawn as
+# stone again while the player keeps hitting it)
+_ACTION_CHANGES: dict[int, frozenset[tuple[int, int]]] = {
+    ACTION_NAMES.index("do"): frozenset([(m, PATH) for m in (STONE, COAL, IRON, DIAMOND)] + [(PLANT, GRASS)]),
+    ACTION_NAMES.index("place_stone"): frozenset((g, STONE) for g in (GRASS, SAND, PATH, WATER, LAVA)),
+    ACTION_NAMES.index("place_table"): frozenset((g, TABLE) for g in (GRASS, SAND, PATH)),
+    ACTION_NAMES.index("place_furnace"): frozenset((g, FURNACE) for g in (GRASS, SAND, PATH)),
+    ACTION_NAMES.index("place_plant"): frozenset([(GRASS, PLANT)]),
+}
 # materials and plants stay where they are; creatures step one tile at a time; arrows fly and vanish; the player
 # sprite leaves the tile it stood on. Indexed by label; -1 (a cell the previous frame did not show) reads False
 _KEPT = np.zeros(256, bool)
@@ -115,6 +129,15 @@ _CREATURE_GROUND[[GRASS, SAND, PATH]] = True
 _ARROW_GROUND = _CREATURE_GROUND.copy()
 _ARROW_GROUND[[WATER, LAVA]] = True
 _NEIGHBOURS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
+
+
+def mover_allowed(mover: np.ndarray, ground: np.ndarray) -> np.ndarray:
+    """bool, broadcast: may a ``mover`` label (a creature, an arrow, the player) stand on a tile that holds the
+    material ``ground`` (Crafter's walkable sets)? Non-movers: True."""
+    mover, ground = np.asarray(mover, np.int64), np.asarray(ground, np.int64)
+    creature = _CREATURE[mover] & ~_CREATURE_GROUND[ground]
+    arrow = (mover == ARROW) & ~_ARROW_GROUND[ground]
+    return ~(creature | arrow)
 _DIST = np.abs(np.arange(VIEW_ROWS)[:, None] - PLAYER_ROW) + np.abs(np.arange(VIEW_COLS)[None, :] - PLAYER_COL)  # L1 from the player
 _EDGE = np.ones((VIEW_ROWS, VIEW_COLS), bool)
 _EDGE[1:-1, 1:-1] = False
@@ -147,9 +170,9 @@ def hold_tiles(prev_frame: np.ndarray, prev_latent: np.ndarray, frame: np.ndarra
     plant became anything else but a creature that can have walked in (onto grass, sand or path: one was beside
     it, or it is as far from the player as the game spawns one) or an arrow over ground it flies over, and where
     a creature went without one on its tile or beside it now
-    (creatures step one tile at a time and stay in view unless they walk out of it). The player's tile and, for
-    an action in TERRAIN_ACTIONS, its four neighbours are left to the model (collecting, placing, a creature
-    hit). Nothing is held where either frame's light is unknown or the player sleeps (the sleeper's view is
+    (creatures step one tile at a time and stay in view unless they walk out of it). The player's tile is left
+    to the model, and for an action in TERRAIN_ACTIONS so is what that action can do to its four neighbours
+    (mining to path, eating a plant, placing its block on ground that takes it, a creature hit). Nothing is held where either frame's light is unknown or the player sleeps (the sleeper's view is
     drawn by the life clock), or where the classifier cannot read the frames.
     """
     if prev_lit is None or lit is None or prev_lit[1] or lit[1]:
@@ -173,8 +196,22 @@ def hold_tiles(prev_frame: np.ndarray, prev_latent: np.ndarray, frame: np.ndarra
     unseen_near = np.zeros((VIEW_ROWS, VIEW_COLS), bool)
     for ny, nx in _NEIGHBOURS:
         unseen_near |= ~seen[1 + ny:VIEW_ROWS + 1 + ny, 1 + nx:VIEW_COLS + 1 + nx]
-    came = _near(before, now, inside) | unseen_near
-    spawn = _DIST >= _SPAWN_AT[now]
+    # it walked in from a neighbour tile that showed it and no longer does (a creature beside it that is still
+    # there did not move: a copy of it is the model's; measured: rows of cows grown one tile per frame)
+    pad_b = np.full((VIEW_ROWS + 2, VIEW_COLS + 2), -1, np.int64)
+    pad_b[1:-1, 1:-1] = before
+    pad_n = np.full((VIEW_ROWS + 2, VIEW_COLS + 2), -1, np.int64)
+    pad_n[1:-1, 1:-1] = now
+    left = np.zeros((VIEW_ROWS, VIEW_COLS), bool)
+    beside = np.zeros((VIEW_ROWS, VIEW_COLS), bool)
+    for ny, nx in _NEIGHBOURS[1:]:
+        was_there = pad_b[1 + ny:VIEW_ROWS + 1 + ny, 1 + nx:VIEW_COLS + 1 + nx] == now
+        still = pad_n[1 + ny:VIEW_ROWS + 1 + ny, 1 + nx:VIEW_COLS + 1 + nx] == now
+        left |= was_there & ~still
+        beside |= was_there & still
+    came = left | unseen_near | (before == now)
+    # or it spawned far enough from the player (and not beside one of its kind that stayed: a copy again)
+    spawn = (_DIST >= _SPAWN_AT[now]) & ~beside
     arrived = _CREATURE[now] & (came | spawn) & _CREATURE_GROUND[before]
     held = inside & _KEPT[before] & (before != now) & ~arrived & ~((now == ARROW) & _ARROW_GROUND[before])
     # a creature before: still on its tile or beside it now, or at the view's edge (it may have walked out)
@@ -182,8 +219,12 @@ def hold_tiles(prev_frame: np.ndarray, prev_latent: np.ndarray, frame: np.ndarra
     held |= inside & _CREATURE[before] & ~stayed & ~_EDGE
     held[PLAYER_ROW, PLAYER_COL] = False
     if action in TERRAIN_ACTIONS:
+        # beside the player: what the action can do stays (a tile mined, a block placed, a creature hit and gone)
+        allowed = _ACTION_CHANGES[action]
         for ry, cx in _NEIGHBOURS[1:]:
-            held[PLAYER_ROW + ry, PLAYER_COL + cx] = False
+            r0, c0 = PLAYER_ROW + ry, PLAYER_COL + cx
+            if _CREATURE[before[r0, c0]] or (int(before[r0, c0]), int(now[r0, c0])) in allowed:
+                held[r0, c0] = False
     if not held.any():
         return latent, frame, 0, now
     out = np.array(latent, np.float32, copy=True)

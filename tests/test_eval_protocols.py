@@ -82,6 +82,25 @@ def test_revisits_in_the_worlds_own_walk(results):
     assert base["returned"] == 0 and base["frames_back"] == 0 and "pose_steps_right" not in base
 
 
+def test_mined_cells_in_the_worlds_own_walk(cache):
+    """Cells the player mined (stone -> path) and came back to: the real game keeps the path in every frame;
+    copy-last never leaves."""
+    cfg = dataclasses.replace(CFG, seed=P.EVAL_SEEDS_START + 2, episode_len=1000, revisits=3)
+    eps = P.load_episodes(cache, cfg, progress=False, log=lambda m: None)
+    found = P.mined_events(eps[0], cfg.context, cfg.look_max)
+    assert len(found) >= 3 and all(lab == 4 and t < t_end for t, t_end, _, _, lab in found)
+    for t, _, x, y, _ in found:      # the frame t shows path where the cell is
+        r, c = 3 + y - int(eps[0].pos[t][1]), 4 + x - int(eps[0].pos[t][0])
+        assert eps[0].semantic[t][r, c] == 4 and eps[0].semantic[t - 1][r, c] in P.MINED_FROM
+    res, _ = P.evaluate(RealGameWorld(eps), eps, cfg, protocols=("revisits_own",), progress=False, log=lambda m: None)
+    own = res["revisits_own"]["model"]
+    assert own["mined_events"] == 3 and own["mined_returned"] >= 2 and own["mined_frames_back"] > 0
+    assert own["mined_kept"] == 1.0 and own["mined_area"] >= 0.95
+    kinds = [e["kind"] for e in own["per_event"]]
+    assert kinds.count("mined") == own["mined_returned"] and kinds.count("block") == own["returned"]
+    assert res["revisits_own"]["copy_last"]["mined_returned"] == 0
+
+
 def test_return_after_gap():
     on = np.array([1, 1, 0, 0, 1, 0, 0, 0, 1, 1], bool)
     assert P._return_after_gap(on, 2) == (4, 8)

@@ -242,6 +242,29 @@ def test_fill_copies_remembered_cells_into_the_uncovered_column(monkeypatch):
     assert n == 0
 
 
+def test_fill_replaces_a_creature_drawn_over_a_remembered_stone(monkeypatch):
+    """A cow can stand on grass, sand or path only: one the model drew where the map remembers stone is filled."""
+    from engine.memory import TileMap, fill_uncovered
+    from engine.rules import mover_allowed
+    from worldsim.eval.tiles import ARROW, COW, GRASS, STONE, WATER, ZOMBIE
+
+    assert mover_allowed(COW, GRASS) and not mover_allowed(ZOMBIE, STONE) and mover_allowed(ARROW, WATER)
+    assert not mover_allowed(COW, WATER) and mover_allowed(GRASS, STONE)
+    cow_here = 3 * 9 + 8
+    monkeypatch.setattr("worldsim.memory.read_view_tiles",
+                        lambda frame, tiles, lighting=None: np.where(np.asarray(tiles) == cow_here, COW, GRASS))
+    for remembered, filled in ((STONE, 7), (GRASS, 6)):
+        tiles = TileMap(4096)
+        for i, x in enumerate(range(0, -4, -1)):
+            lab = np.full((7, 9), GRASS)
+            lab[3, :] = remembered          # row 3 of every view: the cell (2, 0) is stone or grass
+            tiles.observe(_world_view((x, 0)), np.array([x, 0]), i, 0.9, lab)
+        model = np.full(LATENT, -1.0, np.float32)
+        z, n = fill_uncovered(tiles, model, np.full((72, 72, 3), 1, np.uint8), np.array([-3, 0]), np.array([-2, 0]), 0.95)
+        assert n == filled, remembered
+        assert (z[:, 3, 8] == model[:, 3, 8]).all() == (remembered == GRASS)
+
+
 def test_fill_draws_a_tile_seen_in_deep_night_from_the_games_texture(monkeypatch):
     """A cell last seen in deep night (too little of its colours is left to light again) is filled, in a day frame,
     with the game's texture of the class it was read as, lit as the game lights it there."""

@@ -114,9 +114,9 @@ def test_sessions_read_generated_frames_with_the_worlds_reader(tiny_world_dir):
     calls = []
 
     class Spy(R.TileReader):
-        def read(self, frames, daylight, sleeping):
-            calls.append(len(frames))
-            return super().read(frames, daylight, sleeping)
+        def _forward(self, h):
+            calls.append(len(h))
+            return super()._forward(h)
 
     lava = _constant_reader(LAVA)
     world.reader = Spy(lava.cfg, lava.weights)

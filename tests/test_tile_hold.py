@@ -72,8 +72,9 @@ def test_the_game_never_needs_a_hold(episode):
 
 
 def test_a_redrawn_material_comes_back_except_where_the_player_acts(episode):
-    """A grass tile the model redrew as a tree gets the previous token back; on the tile the player faces the
-    model's tile stays when the action can change terrain (do), not otherwise (noop)."""
+    """A grass tile the model redrew as a tree gets the previous token back; on a tile beside the player the
+    model's tile stays where the action can make that change (stone mined to path by "do", a stone placed on
+    grass), not otherwise (grass to tree, or a mined path drawn as stone again)."""
     f, sem = episode["frames"], episode["semantic"]
     t = next(t for t in range(150) if _still(episode, t) and (sem[t] == TREE).any() and sem[t + 1][PLAYER_ROW, PLAYER_COL + 1] == GRASS)
     tree = _tile(f[t + 1], *_find(sem[t + 1], TREE, away=0))
@@ -85,8 +86,19 @@ def test_a_redrawn_material_comes_back_except_where_the_player_acts(episode):
     assert (np.delete(out.reshape(4, -1), r * 9 + c, 1) < 0).all()  # nothing else touched
     np.testing.assert_array_equal(px, _paste(f[t + 1], r, c, _tile(f[t], r, c)))  # its previous pixels too
     faced = _paste(f[t + 1], PLAYER_ROW, PLAYER_COL + 1, tree)
-    assert hold_tiles(f[t], prev, faced, new, (0, 0), DO, *lit)[2] == 0
+    assert hold_tiles(f[t], prev, faced, new, (0, 0), DO, *lit)[2] == 1       # "do" grows no tree
     assert hold_tiles(f[t], prev, faced, new, (0, 0), NOOP, *lit)[2] == 1
+    stone, path = (_tile(f[t2], *_find(sem[t2], cls, away=0)) for cls, t2 in
+                   ((STONE, next(i for i in range(len(sem)) if (sem[i][1:6, 1:8] == STONE).any())),
+                    (PATH, next(i for i in range(len(sem)) if (sem[i][1:6, 1:8] == PATH).any()))))
+    placed = _paste(f[t + 1], PLAYER_ROW, PLAYER_COL + 1, stone)
+    assert hold_tiles(f[t], prev, placed, new, (0, 0), action_index("place_stone"), *lit)[2] == 0
+    assert hold_tiles(f[t], prev, placed, new, (0, 0), DO, *lit)[2] == 1      # "do" places nothing
+    # stone beside the player mined to path: stays; path drawn back as stone while the player hits it: held
+    assert hold_tiles(placed, prev, f[t + 1], new, (0, 0), DO, *lit)[2] == 1  # stone -> grass by "do": held
+    mined = _paste(f[t + 1], PLAYER_ROW, PLAYER_COL + 1, path)
+    assert hold_tiles(placed, prev, mined, new, (0, 0), DO, *lit)[2] == 0
+    assert hold_tiles(mined, prev, placed, new, (0, 0), DO, *lit)[2] == 1
     # after a move the previous token comes from where the previous frame showed that cell
     m = next(m for m in range(100) if (episode["pos"][m + 1] - episode["pos"][m]).any() and (sem[m + 1][1:6, 1:8] == GRASS).sum() > 10)
     d = tuple(int(v) for v in episode["pos"][m + 1] - episode["pos"][m])
@@ -138,6 +150,11 @@ def test_creatures_step_and_never_vanish_or_pop_up(episode):
         out, px, n, _ = hold_tiles(f[t], prev, _paste(f[t], *spot, cow), new, (0, 0), a, lit[0], lit[0])
         assert n == expect, (ground, spot)
     assert GRASS in tried and len(tried) >= 3
+    # copied: a second cow beside the one that stayed (the model grows rows of cows): removed, near or far
+    for (r, c) in [(cr + dr, cc + dc) for dr, dc in ((0, 1), (0, -1), (1, 0), (-1, 0))]:
+        if 0 <= r < 7 and 0 <= c < 9 and sem[t][r, c] == GRASS and (r, c) != (PLAYER_ROW, PLAYER_COL):
+            out, px, n, _ = hold_tiles(f[t], prev, _paste(f[t], r, c, cow), new, (0, 0), a, lit[0], lit[0])
+            assert n == 1 and (out[:, r, c] == prev[:, r, c]).all(), (r, c)
 
 
 def test_a_session_keeps_the_tile_the_model_redrew(tmp_path, episode):

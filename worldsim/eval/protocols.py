@@ -447,6 +447,47 @@ def _return_after_gap(on: np.ndarray, gap: int) -> tuple[int, int] | None:
     return None
 
 
+MINED_FROM = (3, 8, 9, 10)   # stone, coal, iron, diamond: mined with "do", they leave path (crafter's collect rules)
+_MOVERS = (13, 14, 15, 16, 17)  # the player, cow, zombie, skeleton, arrow: they walk over path
+
+
+def mined_events(ep: Episode, k: int, look_max: int) -> list[tuple[int, int, int, int, int]]:
+    """Cells the player mined (stone, coal, iron, diamond -> path) whose real walk leaves them for more than ``k``
+    frames and comes back: (t, t_end, x, y, label) with t the first frame that shows the path, t_end the last
+    frame of the look at it (at most ``look_max`` frames after the return). (Crafter leaves a tree in place when
+    wood is collected: mining is the terrain a player changes besides placing.)"""
+    from worldsim.actions import action_index
+
+    do = action_index("do")
+    out = []
+    for t in np.flatnonzero(ep.actions[:-1] == do):
+        t = int(t)
+        fx, fy = (int(v) for v in ep.facing[t])
+        r, c = PLAYER_ROW + fy, PLAYER_COL + fx
+        if not (0 <= r < VIEW_ROWS and 0 <= c < VIEW_COLS) or (ep.pos[t + 1] != ep.pos[t]).any():
+            continue
+        if ep.semantic[t][r, c] not in MINED_FROM or ep.semantic[t + 1][r, c] != 4:
+            continue
+        x, y = int(ep.pos[t][0]) + fx, int(ep.pos[t][1]) + fy
+        d = np.array([x, y])[None] - ep.pos[t + 1:].astype(np.int64)
+        on = (np.abs(d[:, 0]) <= PLAYER_COL) & (np.abs(d[:, 1]) <= PLAYER_ROW)
+        # the event ends where the real game shows the cell as something else than path or a creature on it (the
+        # player placed a block there, say)
+        rr, cc = np.clip(PLAYER_ROW + d[:, 1], 0, VIEW_ROWS - 1), np.clip(PLAYER_COL + d[:, 0], 0, VIEW_COLS - 1)
+        there = ep.semantic[t + 1:][np.arange(len(d)), rr, cc]
+        other = np.flatnonzero(on & (there != 4) & ~np.isin(there, _MOVERS))
+        if len(other):
+            on = on[:other[0]]
+        back = _return_after_gap(on, k)
+        if back is None:
+            continue
+        t_end = t + 1 + back[1]
+        while t_end + 1 < len(ep) and t_end - (t + 1 + back[1]) < look_max and on[t_end + 1 - (t + 1)]:
+            t_end += 1
+        out.append((t + 1, t_end, x, y, 4))
+    return out
+
+
 def revisits_own(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress: bool = True,
                  label: str = "model") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """A -> B -> A in the world's own walk: the same events and real actions as ``revisits``, but the block's
@@ -461,81 +502,115 @@ def revisits_own(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progr
     scored: the block there (``block_kept``; also split into frames lit by day, daylight >= 0.5 and awake, and the
     rest), the cells within one tile of it (``area``) and the whole view (``view``) as the world itself last showed
     them before it left (the perfect-memory reference scores 1 by
-    construction; creatures and the player's tile are not scored). A world whose sessions expose the real
-    position (the real game, ``RealGameWorld``) also scores the walk estimate (``pose_steps_right``).
+    construction; creatures and the player's tile are not scored). The same for cells the player mined
+    (``mined_events``, up to as many as the placing events: ``mined_kept``, ``mined_area``, ``mined_view``: the
+    path left there). A world whose sessions expose the real position (the real game, ``RealGameWorld``) also
+    scores the walk estimate (``pose_steps_right``). ``per_event`` lists each event that came back.
     """
-    from worldsim.memory import track_poses
-
     k = cfg.context
     evs = _events(episodes, cfg.revisits)
     if not evs:
         return {"events": 0}, {}
-    clf = get_classifier(episodes[0].frames.shape[1])
-    tally, pose = M.Tally(), M.Tally()
-    returned, gaps, per_event = 0, [], []
-    samples: dict[str, np.ndarray] = {}
     plans = [(e, *map(int, row)) for e, row in evs]
-    plans = [(e, t_place, look_end(episodes[e], t_back, cfg), x, y, placed) for e, t_place, _, t_back, x, y, placed in plans]
-    bar = _bar(sum(p[2] - p[1] for p in plans), f"revisits in the world's own walk [{label}]", progress)
-    for i, (e, t_place, t_end, x, y, placed) in enumerate(plans):
-        ep = episodes[e]
-        frames, acts = ep.context(t_place, k)
-        session = world.new_session(context=frames, actions=acts, seed=cfg.sample_seed + i)
-        n = t_end - t_place
-        out = np.empty((n + 1,) + ep.frames.shape[1:], np.uint8)
-        out[0] = frames[-1]
-        truth = [_true_pos(session)]
-        for j in range(n):
-            out[j + 1] = session.step(ACTION_NAMES[int(ep.actions[t_place + j])])
-            truth.append(_true_pos(session))
-            bar.update(1)
-        walk = track_poses(out, ep.actions[t_place:t_end + 1])
-        if truth[0] is not None:
-            real = np.stack(truth)
-            pose.add("pose_steps_right", (np.diff(walk, axis=0) == np.diff(real, axis=0)).all(-1))
-        day, asleep = clf.estimate_lighting(out)  # read from each frame: there is no real frame to borrow it from
-        labels = clf.read_generated(out, day, asleep).labels
-        d = (np.array([x, y]) - ep.pos[t_place])[None] - walk  # the block's cell relative to the player
-        on = (np.abs(d[:, 0]) <= PLAYER_COL) & (np.abs(d[:, 1]) <= PLAYER_ROW)
-        back = _return_after_gap(on, k)
-        if back is None:
+    plans = [("block", e, t_place, look_end(episodes[e], t_back, cfg), x, y, placed)
+             for e, t_place, _, t_back, x, y, placed in plans]
+    mined = [(e, *m) for e, ep in enumerate(episodes) for m in mined_events(ep, k, cfg.look_max)]
+    if len(mined) > cfg.revisits:
+        mined = [mined[i] for i in np.linspace(0, len(mined) - 1, cfg.revisits).round().astype(int)]
+    plans += [("mined", e, t, t_end, x, y, lab) for e, t, t_end, x, y, lab in mined]
+    tally, pose = M.Tally(), M.Tally()
+    count = {"block": [0, 0], "mined": [0, 0]}      # events, came back
+    gaps, per_event = [], []
+    samples: dict[str, np.ndarray] = {}
+    bar = _bar(sum(p[3] - p[2] for p in plans), f"revisits in the world's own walk [{label}]", progress)
+    for i, (kind, e, t0, t_end, x, y, want) in enumerate(plans):
+        count[kind][0] += 1
+        got = _own_walk_event(world, episodes[e], t0, t_end, x, y, want, k, cfg.sample_seed + i, bar, pose,
+                              movers_ok=kind == "mined")
+        if got is None:
             continue
-        dep, ret = back
-        returned += 1
-        gaps.append(ret - dep - 1)
-        idx = np.flatnonzero(on[ret:]) + ret
-        lab = labels[idx]
-        ref = M.last_seen(labels[:dep + 1], walk[:dep + 1], walk[idx])  # the world's own view up to its departure
-        rows, cols = PLAYER_ROW + d[idx, 1], PLAYER_COL + d[idx, 0]
-        kept = lab[np.arange(len(idx)), rows, cols] == placed
-        tally.add("block_kept", kept)
-        by_day = (day[idx] >= 0.5) & ~asleep[idx]
+        count[kind][1] += 1
+        kept, by_day, area, view, gap, seen, out = got
+        name = "block_kept" if kind == "block" else "mined_kept"
+        tally.add(name, kept)
+        tally.add(name + "_day", kept[by_day])
+        tally.add(name + "_night", kept[~by_day])
+        tally.add("area" if kind == "block" else "mined_area", area)
+        tally.add("view" if kind == "block" else "mined_view", view)
+        if kind == "block":
+            gaps.append(gap)
         # per event, for reading the misses: what was placed, how long away, what stood there instead
-        seen = lab[np.arange(len(idx)), rows, cols]
-        per_event.append({"seed": int(ep.seed), "t_place": int(t_place), "placed": SEMANTIC_NAMES[int(placed)],
-                          "gap": int(ret - dep - 1), "frames": int(len(idx)), "kept": int(kept.sum()),
+        per_event.append({"kind": kind, "seed": int(episodes[e].seed), "t_place": int(t0), "placed": SEMANTIC_NAMES[int(want)],
+                          "gap": int(gap), "frames": int(len(kept)), "kept": int(kept.sum()),
                           "frames_night": int((~by_day).sum()), "kept_night": int(kept[~by_day].sum()),
                           "read_instead": SEMANTIC_NAMES[int(np.bincount(seen[~kept], minlength=len(SEMANTIC_NAMES)).argmax())]
                           if (~kept).any() else None})
-        tally.add("block_kept_day", kept[by_day])
-        tally.add("block_kept_night", kept[~by_day])
-        scored = (ref != M.UNSEEN) & ~M.IS_OBJECT[ref] & ~M.IS_OBJECT[lab]
-        scored[:, PLAYER_ROW, PLAYER_COL] = False
-        near = (np.abs(np.arange(VIEW_ROWS)[None, :, None] - rows[:, None, None]) <= 1) & \
-               (np.abs(np.arange(VIEW_COLS)[None, None, :] - cols[:, None, None]) <= 1)
-        tally.add("area", (lab == ref)[scored & near])
-        tally.add("view", (lab == ref)[scored])
-        if not samples:
-            samples = {"frames": out, "poses": walk, "target": np.array([x, y]) - ep.pos[t_place], "t": np.array([t_place, dep, ret])}
+        if not samples and kind == "block":
+            samples = out
     bar.close()
-    result: dict[str, Any] = {"events": len(plans), "returned": returned, "context": k,
-                              "gap_frames_mean": float(np.mean(gaps)) if gaps else None}
-    result.update(_rates(tally, ["block_kept", "area", "view", "block_kept_day", "block_kept_night"]))
+    result: dict[str, Any] = {"events": count["block"][0], "returned": count["block"][1], "context": k,
+                              "gap_frames_mean": float(np.mean(gaps)) if gaps else None,
+                              "mined_events": count["mined"][0], "mined_returned": count["mined"][1]}
+    result.update(_rates(tally, ["block_kept", "area", "view", "block_kept_day", "block_kept_night",
+                                 "mined_kept", "mined_area", "mined_view", "mined_kept_day", "mined_kept_night"]))
     result["frames_back"] = result.pop("block_kept_n")
+    result["mined_frames_back"] = result.pop("mined_kept_n")
     result["per_event"] = per_event
     if pose.counts:
         result.update(_rates(pose, ["pose_steps_right"]))
     return result, samples
+
+
+def _own_walk_event(world: Any, ep: Episode, t0: int, t_end: int, x: int, y: int, want: int, k: int, seed: int, bar: Any,
+                    pose: M.Tally, movers_ok: bool = False):
+    """Play one event's real actions from frame ``t0`` in ``world`` and score cell (x, y) (class ``want``) once
+    the world's own walk brings it back after more than ``k`` frames away: -> (kept (n,), by day (n,), area hits,
+    view hits, gap, labels read at the cell (n,), sample) or None where it never comes back. ``movers_ok``: a
+    creature or the player can stand on the cell (path): frames that show one there are not scored (on a
+    placed block none can: one drawn there is a miss)."""
+    from worldsim.memory import track_poses
+
+    clf = get_classifier(ep.frames.shape[1])
+    frames, acts = ep.context(t0, k)
+    session = world.new_session(context=frames, actions=acts, seed=seed)
+    n = t_end - t0
+    out = np.empty((n + 1,) + ep.frames.shape[1:], np.uint8)
+    out[0] = frames[-1]
+    truth = [_true_pos(session)]
+    for j in range(n):
+        out[j + 1] = session.step(ACTION_NAMES[int(ep.actions[t0 + j])])
+        truth.append(_true_pos(session))
+        bar.update(1)
+    walk = track_poses(out, ep.actions[t0:t_end + 1])
+    if truth[0] is not None:
+        real = np.stack(truth)
+        pose.add("pose_steps_right", (np.diff(walk, axis=0) == np.diff(real, axis=0)).all(-1))
+    day, asleep = clf.estimate_lighting(out)  # read from each frame: there is no real frame to borrow it from
+    labels = clf.read_generated(out, day, asleep).labels
+    d = (np.array([x, y]) - ep.pos[t0])[None] - walk  # the cell relative to the player
+    on = (np.abs(d[:, 0]) <= PLAYER_COL) & (np.abs(d[:, 1]) <= PLAYER_ROW)
+    back = _return_after_gap(on, k)
+    if back is None:
+        return None
+    dep, ret = back
+    idx = np.flatnonzero(on[ret:]) + ret
+    if movers_ok:
+        at = labels[idx, PLAYER_ROW + d[idx, 1], PLAYER_COL + d[idx, 0]]
+        idx = idx[~np.isin(at, _MOVERS)]
+        if not len(idx):
+            return None
+    lab = labels[idx]
+    ref = M.last_seen(labels[:dep + 1], walk[:dep + 1], walk[idx])  # the world's own view up to its departure
+    rows, cols = PLAYER_ROW + d[idx, 1], PLAYER_COL + d[idx, 0]
+    seen = lab[np.arange(len(idx)), rows, cols]
+    kept = seen == want
+    by_day = (day[idx] >= 0.5) & ~asleep[idx]
+    scored = (ref != M.UNSEEN) & ~M.IS_OBJECT[ref] & ~M.IS_OBJECT[lab]
+    scored[:, PLAYER_ROW, PLAYER_COL] = False
+    near = (np.abs(np.arange(VIEW_ROWS)[None, :, None] - rows[:, None, None]) <= 1) & \
+           (np.abs(np.arange(VIEW_COLS)[None, None, :] - cols[:, None, None]) <= 1)
+    sample = {"frames": out, "poses": walk, "target": np.array([x, y]) - ep.pos[t0], "t": np.array([t0, dep, ret])}
+    return kept, by_day, (lab == ref)[scored & near], (lab == ref)[scored], ret - dep - 1, seen, sample
 
 
 # ----- 5. long-run stability ---------------------------------------------------------------------

@@ -380,11 +380,8 @@ def run(args) -> int:
     from worldsim.train import load_autoencoder
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    if args.world is None:
-        from engine.world import default_world_dir
-        world = Path(default_world_dir())
-    else:
-        world = Path(args.world)
+    # the shipped world (engine.world.default_world_dir; worldsim imports nothing from the engine)
+    world = Path(args.world) if args.world is not None else Path(__file__).resolve().parents[1] / "worlds" / "crafter"
     manifest_path = world / "world.json"
     manifest = json.loads(manifest_path.read_text())
     ae_path = world / manifest["autoencoder"]

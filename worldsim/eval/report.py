@@ -379,9 +379,21 @@ def markdown(report: Mapping[str, Any]) -> str:
         rows = [("block still at A", "block_kept"), ("... in frames lit by day", "block_kept_day"),
                 ("... at night or asleep", "block_kept_night"), ("area around A as the world showed it before leaving", "area"),
                 ("whole view as the world showed it before leaving", "view"),
+                (f"mined cell still path ({m.get('mined_returned', 0)} of {m.get('mined_events', 0)} events, "
+                 f"{m.get('mined_frames_back', 0)} frames)", "mined_kept"),
+                ("... in frames lit by day", "mined_kept_day"), ("... at night or asleep", "mined_kept_night"),
+                ("area around the mined cell", "mined_area"), ("whole view back at the mined cell", "mined_view"),
                 ("walk estimate right (worlds that expose the real position)", "pose_steps_right")]
         lines += ["| | world |", "|---|---:|"]
         lines += [f"| {a} | {_fmt(m.get(k), '%')} |" for a, k in rows if m.get(k) is not None] + [""]
+        missed = [e for e in m.get("per_event", []) if e["kept"] < e["frames"]]
+        if missed:
+            lines += ["Events that came back without their cell in every frame:", "",
+                      "| kind | seed | frame | placed | away (frames) | kept | of which at night | read instead |",
+                      "|---|---:|---:|---|---:|---:|---:|---|"]
+            lines += [f"| {e.get('kind', 'block')} | {e['seed']} | {e['t_place']} | {e['placed']} | {e['gap']} | "
+                      f"{e['kept']} / {e['frames']} | {e['kept_night']} / {e['frames_night']} | {e['read_instead']} |" for e in missed]
+            lines.append("")
     if "long_run" in res and res["long_run"]["model"].get("runs"):
         m, b = res["long_run"]["model"], res["long_run"]["copy_last"]
         lines += [f"## Long-run stability ({m['runs']} × {m['length']} frames, real actions)", "",
