@@ -404,8 +404,8 @@ def memory_slots(bank: MemoryBank, kv: MemoryKV, backend, rows: np.ndarray, firs
 def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_pose: np.ndarray, pose: np.ndarray,
                    light: float | None, light_tol: float = 0.15, encode=None, decode=None) -> tuple[np.ndarray, int]:
     """Copy into ``latent`` (C,g,g) of a new frame at ``pose`` the tokens of the world cells its move uncovered
-    (in view from ``pose``, not from ``prev_pose``) from the tile map (the newest view of each cell): -> (latent,
-    tiles filled).
+    (in view from ``pose``, not from ``prev_pose``) and of the cell the player left (``prev_pose``) from the tile
+    map (the newest view of each cell; the player's tile is never recorded): -> (latent, tiles filled).
 
     Why: the model invents what enters the view; where the session has seen that cell before, the map knows
     what is there. A cell seen under daylight within ``light_tol`` of the new frame's gives its token as it
@@ -427,6 +427,9 @@ def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_p
     if light is None or not np.isfinite(light) or len(tiles) == 0 or (pose == prev_pose).all():
         return latent, 0
     cells = needed_cells(pose[None], prev_pose[None])  # (M,2) (x, y)
+    # and the tile the player left: the model cannot know what lies under the player sprite (it drew grass where
+    # the player had stood on a mined path), the map holds that cell's view from before the player stood on it
+    cells = np.concatenate([cells, prev_pose[None]]).astype(cells.dtype)
     rows = tiles.lookup(cells)
     seen = rows >= 0
     if not seen.any():

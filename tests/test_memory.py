@@ -204,7 +204,8 @@ def test_fill_copies_remembered_cells_into_the_uncovered_column(monkeypatch):
     filled = np.zeros((9, 9), bool)
     filled[:7, 8] = True
     filled[3, 8] = False  # the cow the model drew stays
-    assert n == 6
+    filled[3, 3] = True   # the tile the player left: (-3, 0) as the map last saw it (the model cannot see under the player)
+    assert n == 7
     np.testing.assert_array_equal(z[:, filled], want[:, filled])
     np.testing.assert_array_equal(z[:, ~filled], model[:, ~filled])
     assert (model == -1).all()  # the input is not written
@@ -221,7 +222,7 @@ def test_fill_copies_remembered_cells_into_the_uncovered_column(monkeypatch):
         return np.full((1,) + LATENT, 7.0, np.float32)
 
     z, n = fill_uncovered(tiles, model, new_px, np.array([-3, 0]), np.array([-2, 0]), 0.5, 0.15, encode)
-    assert n == 6 and len(canvases) == 1
+    assert n == 7 and len(canvases) == 1
     assert (z[:, filled] == 7.0).all()
     r = np.flatnonzero(filled[:, 8])
     from worldsim.eval.tiles import GRASS, get_classifier
@@ -235,11 +236,11 @@ def test_fill_copies_remembered_cells_into_the_uncovered_column(monkeypatch):
     # a relit tile the autoencoder does not give back as the same kind of tile gets the remembered token as it is
     z, n = fill_uncovered(tiles, model, new_px, np.array([-3, 0]), np.array([-2, 0]), 0.5, 0.15, encode,
                           lambda z: np.zeros((1, 72, 72, 3), np.uint8))
-    assert n == 6
+    assert n == 7
     np.testing.assert_array_equal(z[:, filled], want[:, filled])
-    # a cell never seen (x = -8 when stepping left of -3) stays the model's
+    # a cell never seen (x = -8 when stepping left of -3) stays the model's; only the tile left behind is filled
     z, n = fill_uncovered(tiles, model, new_px, np.array([-3, 0]), np.array([-4, 0]), 0.95)
-    assert n == 0
+    assert n == 1 and (z[:, :7, 0] == -1).all() and (z[:, 3, 5] == _world_view((-4, 0))[:, 3, 5]).all()
 
 
 def test_fill_replaces_a_creature_drawn_over_a_remembered_stone(monkeypatch):
@@ -253,7 +254,7 @@ def test_fill_replaces_a_creature_drawn_over_a_remembered_stone(monkeypatch):
     cow_here = 3 * 9 + 8
     monkeypatch.setattr("worldsim.memory.read_view_tiles",
                         lambda frame, tiles, lighting=None: np.where(np.asarray(tiles) == cow_here, COW, GRASS))
-    for remembered, filled in ((STONE, 7), (GRASS, 6)):
+    for remembered, filled in ((STONE, 8), (GRASS, 7)):   # the uncovered column and the tile the player left
         tiles = TileMap(4096)
         for i, x in enumerate(range(0, -4, -1)):
             lab = np.full((7, 9), GRASS)
@@ -284,7 +285,7 @@ def test_fill_draws_a_tile_seen_in_deep_night_from_the_games_texture(monkeypatch
 
     model = np.full(LATENT, -1.0, np.float32)
     z, n = fill_uncovered(tiles, model, np.full((72, 72, 3), 1, np.uint8), np.array([1, 0]), np.array([0, 0]), 0.9, 0.15, encode)
-    assert n == 7 and len(canvases) == 1  # the column x = -4 (seen from (0, 0), not from (1, 0))
+    assert n == 8 and len(canvases) == 1  # the column x = -4 (seen from (0, 0), not from (1, 0)) and the tile (1, 0) left
     clf = get_classifier(72)
     stone = clf.atlas[np.flatnonzero(clf.template_labels == STONE)[0]].astype(np.float64)
     terms = _light_terms(0.9, 56, 72)
