@@ -45,6 +45,9 @@ MEMORY_VERSION = 1
 # what moves by itself: the tile map does not record it, and the fill leaves it where the model draws it (a plant
 # stays where it was planted: it is remembered, and one drawn where the map knows other ground is replaced)
 MOVERS = (PLAYER, COW, ZOMBIE, SKELETON, ARROW)
+# daylight under which a view is "dark": its reading does not replace a brighter view's class of a cell (TileMap),
+# and a dark frame's tiles that contradict such a view are drawn from it (fill_uncovered's ``view_labels``)
+DARK = 0.3
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,9 @@ class TileMap:
     Why: one token is one tile in this top-down world, so a map of tokens is a perfect memory of what was seen.
     The bank's frames cannot be: a frame replaces the one of its pose cell, and with it the only view of cells
     at that view's edge (a block placed, then one step away: its last views are gone). Creatures, arrows and
-    the player's tile are not recorded (MOVERS): a cell keeps the view from before one stood on it.
-    Bounded: past ``capacity`` cells the oldest views are dropped.
+    the player's tile are not recorded (MOVERS): a cell keeps the view from before one stood on it. A view
+    darker than ``DARK`` does not replace a brighter one (but beside the player): deep in the night the model's
+    tiles drift and their reading is least sure, while nothing but the player changes the world's terrain. Bounded: past ``capacity`` cells the oldest views are dropped.
     """
 
     def __init__(self, capacity: int, xy: np.ndarray | None = None, token: np.ndarray | None = None,
@@ -125,7 +129,16 @@ class TileMap:
         if self.token is None:
             self.token = np.zeros((0, tok.shape[1]), np.float32)
         idx = self.lookup(xy)
-        old, new = idx >= 0, idx < 0
+        if light < DARK and len(self.xy):
+            # a dark view does not replace a cell's view in better light, not even where it reads the same (the
+            # brighter view must stay to check the next dark frames against), but where it shows a tile beside the
+            # player as something else (the only tiles that change, by its actions; read near the view's centre,
+            # where the night is lightest)
+            beside = np.abs(rows - HALF_Y) + np.abs(cols - HALF_X) <= 1
+            safe = np.maximum(idx, 0)
+            stale = (idx >= 0) & (self.light[safe] >= DARK) & (~beside | (self.label[safe] == lab))
+            idx = np.where(stale, -2, idx)
+        old, new = idx >= 0, idx == -1
         i = idx[old]
         self.token[i], self.light[i], self.frame[i], self.label[i] = tok[old], light, frame_index, lab[old]
         if new.any():
@@ -402,7 +415,8 @@ def memory_slots(bank: MemoryBank, kv: MemoryKV, backend, rows: np.ndarray, firs
 
 
 def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_pose: np.ndarray, pose: np.ndarray,
-                   light: float | None, light_tol: float = 0.15, encode=None, decode=None) -> tuple[np.ndarray, int]:
+                   light: float | None, light_tol: float = 0.15, encode=None, decode=None,
+                   view_labels: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Copy into ``latent`` (C,g,g) of a new frame at ``pose`` the tokens of the world cells its move uncovered
     (in view from ``pose``, not from ``prev_pose``) and of the cell the player left (``prev_pose``) from the tile
     map (the newest view of each cell; the player's tile is never recorded): -> (latent, tiles filled).
@@ -418,18 +432,32 @@ def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_p
     creature or an arrow are left to it (MOVERS: a zombie walking in is not erased; the map holds none) where the
     remembered tile is ground it can stand on or fly over (``engine.rules.mover_allowed``), and
     nothing is filled where the frame's light is unknown (None: unreadable, or the player sleeps).
-    ``frame`` uint8 (S,S,3) is the decoded new frame.
+    ``frame`` uint8 (S,S,3) is the decoded new frame. Given ``view_labels`` (7,9), its tiles as read, a frame
+    darker than ``DARK`` also gets, off the player and its four neighbours, the cells it shows as another class
+    than a brighter view recorded (deep in the night the model's tiles drift, and nothing but the player
+    changes terrain).
     """
     from engine.rules import light_tiles
     from worldsim.memory import read_view_tiles
 
     pose, prev_pose = np.asarray(pose, np.int64).reshape(2), np.asarray(prev_pose, np.int64).reshape(2)
-    if light is None or not np.isfinite(light) or len(tiles) == 0 or (pose == prev_pose).all():
+    if light is None or not np.isfinite(light) or len(tiles) == 0:
         return latent, 0
-    cells = needed_cells(pose[None], prev_pose[None])  # (M,2) (x, y)
-    # and the tile the player left: the model cannot know what lies under the player sprite (it drew grass where
-    # the player had stood on a mined path), the map holds that cell's view from before the player stood on it
-    cells = np.concatenate([cells, prev_pose[None]]).astype(cells.dtype)
+    cells = np.zeros((0, 2), np.int64)
+    if (pose != prev_pose).any():
+        # the cells the move uncovered, and the tile the player left: the model cannot know what lies under the
+        # player sprite (it drew grass where the player had stood on a mined path), the map holds that cell's view
+        # from before the player stood on it
+        cells = np.concatenate([needed_cells(pose[None], prev_pose[None]), prev_pose[None]]).astype(np.int64)
+    if view_labels is not None and light < DARK:
+        vr, vc = np.nonzero(np.abs(np.arange(VIEW_ROWS)[:, None] - HALF_Y) + np.abs(np.arange(VIEW_COLS)[None, :] - HALF_X) > 1)
+        vcells = np.stack([pose[0] + vc - HALF_X, pose[1] + vr - HALF_Y], 1).astype(np.int64)
+        vrows = tiles.lookup(vcells)
+        safe = np.maximum(vrows, 0)
+        wrong = (vrows >= 0) & (tiles.light[safe] >= DARK) & (tiles.label[safe] != np.asarray(view_labels).reshape(VIEW_ROWS, VIEW_COLS)[vr, vc])
+        cells = np.concatenate([cells, vcells[wrong]])
+    if not len(cells):
+        return latent, 0
     rows = tiles.lookup(cells)
     seen = rows >= 0
     if not seen.any():

@@ -27,7 +27,7 @@ from engine.backends import (BACKENDS, BackendUnavailable, OrtBackend, TorchBack
 from engine.cache import RingKVCache
 from engine.rules import (DAY_CLOCK_TOLERANCE, ENERGY_MAX, advance_life, enforce_blocked_move, fit_clock, fit_life, hold_tiles, read_energy,
                           draw_energy, energy_slot, relight, rendered_awake_view, sleeping_view, warm_start)
-from engine.memory import MemoryBank, MemoryConfig, MemoryKV, fill_uncovered, memory_slots, predicted_poses, slot_shift
+from engine.memory import DARK, MemoryBank, MemoryConfig, MemoryKV, fill_uncovered, memory_slots, predicted_poses, slot_shift
 from worldsim.actions import ACTION_NAMES, NULL_ACTION, action_index
 from worldsim.diffusion import FlowSampler
 from worldsim.io import atomic_path, read_json
@@ -772,8 +772,11 @@ class Session:
                     new_pose = pose + move
                     lights[i] = np.nan if lit is None or lit[1] else lit[0]  # a sleeper's dark view is no tile source
                     if bank.cfg.fill:
-                        z, n = fill_uncovered(bank.tiles, z, frames[i], pose, new_pose, None if lit is None or lit[1] else lit[0],
-                                              bank.cfg.fill_light_tol, w.backend.encode, w.backend.decode)
+                        light = None if lit is None or lit[1] else lit[0]
+                        # a dark frame's tiles are checked against the map's brighter views (engine.memory.DARK)
+                        view = read_view_tiles(frames[i], np.arange(VIEW_ROWS * VIEW_COLS), lit) if light is not None and light < DARK else None
+                        z, n = fill_uncovered(bank.tiles, z, frames[i], pose, new_pose, light,
+                                              bank.cfg.fill_light_tol, w.backend.encode, w.backend.decode, view)
                         filled, changed = filled + n, changed + n
                     pose = poses[i] = new_pose
                 labels = None

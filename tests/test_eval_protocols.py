@@ -75,6 +75,7 @@ def test_revisits_in_the_worlds_own_walk(results):
     assert own["gap_frames_mean"] > CFG.context
     assert own["block_kept"] == 1.0 and own["area"] >= 0.95 and own["view_n"] > own["area_n"] > 0
     assert own["pose_steps_right"] >= 0.98 and own["pose_steps_right_n"] > 50
+    assert own["block_kept_readable_n"] + own["block_kept_deep_night_n"] == own["frames_back"]
     ev = own["per_event"]
     assert len(ev) == own["returned"] and sum(e["frames"] for e in ev) == own["frames_back"]
     assert all(e["kept"] == e["frames"] and e["read_instead"] is None and e["gap"] > CFG.context for e in ev)

@@ -294,6 +294,48 @@ def test_fill_draws_a_tile_seen_in_deep_night_from_the_games_texture(monkeypatch
         np.testing.assert_array_equal(canvases[0][r * 8:(r + 1) * 8, 0:8], want)
 
 
+def test_a_dark_view_does_not_overwrite_a_brighter_one_but_beside_the_player(monkeypatch):
+    """Deep in the night the model's tiles drift: the map keeps a cell's brighter view where a dark frame reads it
+    as another class (not beside the player, whose actions change tiles), and the fill draws such tiles back."""
+    from engine.memory import DARK, TileMap, fill_uncovered
+    from worldsim.eval.tiles import GRASS, PATH, STONE
+
+    tiles = TileMap(4096)
+    day = np.full((7, 9), STONE)
+    tiles.observe(_world_view((0, 0)), np.array([0, 0]), 0, 0.8, day)
+    night = np.full((7, 9), PATH)
+    night[0, 0] = STONE                       # a dark view that agrees: the brighter view stays all the same
+    dark = _world_view((0, 0)) + 0.5
+    tiles.observe(dark, np.array([0, 0]), 1, DARK / 3, night)
+    row = lambda x, y: tiles.lookup(np.array([[x, y]]))[0]   # noqa: E731
+    far, beside, agree = row(3, 2), row(1, 0), row(-4, -3)
+    assert tiles.label[far] == STONE and tiles.light[far] == 0.8 and tiles.token[far][0] == _world_view((0, 0))[0, 5, 7]
+    assert tiles.label[beside] == PATH and tiles.light[beside] == np.float32(DARK / 3)   # beside the player: the player mined it
+    assert tiles.label[agree] == STONE and tiles.frame[agree] == 0 and tiles.light[agree] == 0.8
+    tiles.observe(dark, np.array([0, 0]), 2, 0.5, night)                # not dark: the newest view, whatever it reads
+    assert tiles.label[far] == PATH
+    # the fill: a dark frame that shows cells as another class than a brighter view recorded gets those views back
+    tiles = TileMap(4096)
+    tiles.observe(_world_view((0, 0)), np.array([0, 0]), 0, 0.8, day)
+    monkeypatch.setattr("worldsim.memory.read_view_tiles", lambda frame, t, lighting=None: np.full(len(np.asarray(t)), GRASS))
+    view = np.full((7, 9), STONE)
+    view[0, :3] = GRASS                      # three far cells drifted to grass
+    view[3, 5] = GRASS                       # and one beside the player (its action may have done it): left alone
+    encoded = []
+
+    def encode(frames):
+        encoded.append(1)
+        return np.full((1,) + LATENT, 7.0, np.float32)
+
+    model = np.full(LATENT, -1.0, np.float32)
+    z, n = fill_uncovered(tiles, model, np.full((72, 72, 3), 1, np.uint8), np.array([0, 0]), np.array([0, 0]), DARK / 3,
+                          0.15, encode, None, view)
+    assert n == 3 and (z[:, 0, :3] == 7.0).all() and (z[:, 3, 5] == -1).all() and encoded
+    z, n = fill_uncovered(tiles, model, np.full((72, 72, 3), 1, np.uint8), np.array([0, 0]), np.array([0, 0]), 0.6,
+                          0.15, encode, None, view)
+    assert n == 0                            # a frame that is not dark is the model's to draw
+
+
 def test_tile_map_keeps_each_cells_newest_view_bounded_and_copies_apart():
     from engine.memory import TileMap
 

@@ -137,10 +137,13 @@ def _summary(report: dict[str, Any], log) -> None:
         pose = f", walk estimate right in {pct(m['pose_steps_right'])} of steps" if m.get("pose_steps_right") is not None else ""
         log(f"revisits in the world's own walk: {m['returned']} of {m['events']} events came back, {m['frames_back']} frames; "
             f"block kept {pct(m['block_kept'])} (by day {pct(m['block_kept_day'])} of {m['block_kept_day_n']} frames, "
-            f"night {pct(m['block_kept_night'])} of {m['block_kept_night_n']}), area {pct(m['area'])}, view {pct(m['view'])}{pose}")
+            f"night {pct(m['block_kept_night'])} of {m['block_kept_night_n']}; readable, daylight >= 0.1: "
+            f"{pct(m['block_kept_readable'])} of {m['block_kept_readable_n']}, deep night {pct(m['block_kept_deep_night'])} of "
+            f"{m['block_kept_deep_night_n']}), area {pct(m['area'])}, view {pct(m['view'])}{pose}")
         if m.get("mined_events"):
             log(f"mined cells in the world's own walk: {m['mined_returned']} of {m['mined_events']} came back, "
-                f"{m['mined_frames_back']} frames; still path {pct(m.get('mined_kept'))}, area {pct(m.get('mined_area'))}, "
+                f"{m['mined_frames_back']} frames; still path {pct(m.get('mined_kept'))} (readable "
+                f"{pct(m.get('mined_kept_readable'))} of {m.get('mined_kept_readable_n')}), area {pct(m.get('mined_area'))}, "
                 f"view {pct(m.get('mined_view'))}")
     if "long_run" in res and res["long_run"]["model"].get("runs"):
         m, b = res["long_run"]["model"], res["long_run"]["copy_last"]

@@ -377,11 +377,14 @@ def markdown(report: Mapping[str, Any]) -> str:
                   f"the {m['context']}-frame context, {'–' if m['gap_frames_mean'] is None else round(m['gap_frames_mean'])} frames on average, then showed it "
                   f"again): {m['frames_back']} frames scored (copy-last: {b.get('returned', 0)} events came back).", ""]
         rows = [("block still at A", "block_kept"), ("... in frames lit by day", "block_kept_day"),
-                ("... at night or asleep", "block_kept_night"), ("area around A as the world showed it before leaving", "area"),
+                ("... at night or asleep", "block_kept_night"),
+                ("... in frames lit at daylight 0.1 or more (readable)", "block_kept_readable"),
+                ("... in deep night (daylight < 0.1: a perfect world reads right in 12-86% of such tiles)", "block_kept_deep_night"), ("area around A as the world showed it before leaving", "area"),
                 ("whole view as the world showed it before leaving", "view"),
                 (f"mined cell still path ({m.get('mined_returned', 0)} of {m.get('mined_events', 0)} events, "
                  f"{m.get('mined_frames_back', 0)} frames)", "mined_kept"),
                 ("... in frames lit by day", "mined_kept_day"), ("... at night or asleep", "mined_kept_night"),
+                ("... readable (daylight 0.1 or more)", "mined_kept_readable"), ("... in deep night", "mined_kept_deep_night"),
                 ("area around the mined cell", "mined_area"), ("whole view back at the mined cell", "mined_view"),
                 ("walk estimate right (worlds that expose the real position)", "pose_steps_right")]
         lines += ["| | world |", "|---|---:|"]
