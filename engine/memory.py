@@ -114,9 +114,11 @@ class TileMap:
         get = self._index.get
         return np.array([get((int(x), int(y)), -1) for x, y in np.asarray(cells).reshape(-1, 2)], np.int64)
 
-    def observe(self, latent: np.ndarray, pose: np.ndarray, frame_index: int, light: float, labels: np.ndarray) -> None:
+    def observe(self, latent: np.ndarray, pose: np.ndarray, frame_index: int, light: float, labels: np.ndarray,
+                action: int | None = None) -> None:
         """Record the view tiles of a frame (latent (C,g,g), its view's labels (7,9)) seen from ``pose`` (x, y)
-        under ``light``: each cell's newest view, but for creatures, arrows and the player."""
+        under ``light``: each cell's newest view, but for creatures, arrows and the player. ``action``: the one that
+        made the frame (what it can change beside the player, engine.rules.action_changes; None: anything)."""
         labels = np.asarray(labels).reshape(VIEW_ROWS, VIEW_COLS)
         keep = ~np.isin(labels, MOVERS)
         keep[HALF_Y, HALF_X] = False
@@ -134,9 +136,15 @@ class TileMap:
             # brighter view must stay to check the next dark frames against), but where it shows a tile beside the
             # player as something else (the only tiles that change, by its actions; read near the view's centre,
             # where the night is lightest)
+            from engine.rules import action_changes
+
             beside = np.abs(rows - HALF_Y) + np.abs(cols - HALF_X) <= 1
             safe = np.maximum(idx, 0)
-            stale = (idx >= 0) & (self.light[safe] >= DARK) & (~beside | (self.label[safe] == lab))
+            changed = self.label[safe] != lab
+            if action is not None:   # only what that action can do to a tile beside the player
+                can = action_changes(action)
+                changed &= np.array([(int(a), int(b)) in can for a, b in zip(self.label[safe], lab)], bool)
+            stale = (idx >= 0) & (self.light[safe] >= DARK) & (~beside | ~changed)
             idx = np.where(stale, -2, idx)
         old, new = idx >= 0, idx == -1
         i = idx[old]
@@ -416,7 +424,7 @@ def memory_slots(bank: MemoryBank, kv: MemoryKV, backend, rows: np.ndarray, firs
 
 def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_pose: np.ndarray, pose: np.ndarray,
                    light: float | None, light_tol: float = 0.15, encode=None, decode=None,
-                   view_labels: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+                   view_labels: np.ndarray | None = None, action: int | None = None) -> tuple[np.ndarray, int]:
     """Copy into ``latent`` (C,g,g) of a new frame at ``pose`` the tokens of the world cells its move uncovered
     (in view from ``pose``, not from ``prev_pose``) and of the cell the player left (``prev_pose``) from the tile
     map (the newest view of each cell; the player's tile is never recorded): -> (latent, tiles filled).
@@ -433,8 +441,8 @@ def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_p
     remembered tile is ground it can stand on or fly over (``engine.rules.mover_allowed``), and
     nothing is filled where the frame's light is unknown (None: unreadable, or the player sleeps).
     ``frame`` uint8 (S,S,3) is the decoded new frame. Given ``view_labels`` (7,9), its tiles as read, a frame
-    darker than ``DARK`` also gets, off the player and its four neighbours, the cells it shows as another class
-    than a brighter view recorded (deep in the night the model's tiles drift, and nothing but the player
+    darker than ``DARK`` also gets, off the player (and its four neighbours where ``action``, the one that made the
+    frame, can change them; None: it can), the cells it shows as another class than a brighter view recorded (deep in the night the model's tiles drift, and nothing but the player
     changes terrain).
     """
     from engine.rules import light_tiles
@@ -450,7 +458,11 @@ def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_p
         # from before the player stood on it
         cells = np.concatenate([needed_cells(pose[None], prev_pose[None]), prev_pose[None]]).astype(np.int64)
     if view_labels is not None and light < DARK:
-        vr, vc = np.nonzero(np.abs(np.arange(VIEW_ROWS)[:, None] - HALF_Y) + np.abs(np.arange(VIEW_COLS)[None, :] - HALF_X) > 1)
+        from engine.rules import TERRAIN_ACTIONS
+
+        # off the player's tile, and off its four neighbours where the action can change them
+        reach = 1 if action is None or action in TERRAIN_ACTIONS else 0
+        vr, vc = np.nonzero(np.abs(np.arange(VIEW_ROWS)[:, None] - HALF_Y) + np.abs(np.arange(VIEW_COLS)[None, :] - HALF_X) > reach)
         vcells = np.stack([pose[0] + vc - HALF_X, pose[1] + vr - HALF_Y], 1).astype(np.int64)
         vrows = tiles.lookup(vcells)
         safe = np.maximum(vrows, 0)

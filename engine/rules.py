@@ -131,6 +131,11 @@ _ARROW_GROUND[[WATER, LAVA]] = True
 _NEIGHBOURS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
 
 
+def action_changes(action: int) -> frozenset[tuple[int, int]]:
+    """{(from, to)} labels ``action`` can change a tile beside the player from and to (empty for most actions)."""
+    return _ACTION_CHANGES.get(int(action), frozenset())
+
+
 def mover_allowed(mover: np.ndarray, ground: np.ndarray) -> np.ndarray:
     """bool, broadcast: may a ``mover`` label (a creature, an arrow, the player) stand on a tile that holds the
     material ``ground`` (Crafter's walkable sets)? Non-movers: True."""

@@ -776,7 +776,7 @@ class Session:
                         # a dark frame's tiles are checked against the map's brighter views (engine.memory.DARK)
                         view = read_view_tiles(frames[i], np.arange(VIEW_ROWS * VIEW_COLS), lit) if light is not None and light < DARK else None
                         z, n = fill_uncovered(bank.tiles, z, frames[i], pose, new_pose, light,
-                                              bank.cfg.fill_light_tol, w.backend.encode, w.backend.decode, view)
+                                              bank.cfg.fill_light_tol, w.backend.encode, w.backend.decode, view, a)
                         filled, changed = filled + n, changed + n
                     pose = poses[i] = new_pose
                 labels = None
@@ -795,7 +795,7 @@ class Session:
                     if labels is None:
                         labels = read_view_tiles(frames[i], np.arange(VIEW_ROWS * VIEW_COLS), lit)
                     if labels is not None:
-                        bank.tiles.observe(out[0, i], pose, st.frame_index + 1 + i, float(lit[0]), labels)
+                        bank.tiles.observe(out[0, i], pose, st.frame_index + 1 + i, float(lit[0]), labels, a)
             prev, prev_z, prev_lit = frames[i], out[0, i], lit
         if hold:
             st.extra["hold_lit"] = None if lit is None else [float(lit[0]), bool(lit[1])]

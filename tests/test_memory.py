@@ -312,6 +312,14 @@ def test_a_dark_view_does_not_overwrite_a_brighter_one_but_beside_the_player(mon
     assert tiles.label[far] == STONE and tiles.light[far] == 0.8 and tiles.token[far][0] == _world_view((0, 0))[0, 5, 7]
     assert tiles.label[beside] == PATH and tiles.light[beside] == np.float32(DARK / 3)   # beside the player: the player mined it
     assert tiles.label[agree] == STONE and tiles.frame[agree] == 0 and tiles.light[agree] == 0.8
+    # beside the player only what the action that made the frame can do: "do" mines stone to path, a noop nothing
+    from worldsim.actions import action_index
+
+    for action, want in ((action_index("noop"), STONE), (action_index("do"), PATH)):
+        t2 = TileMap(4096)
+        t2.observe(_world_view((0, 0)), np.array([0, 0]), 0, 0.8, day)
+        t2.observe(dark, np.array([0, 0]), 1, DARK / 3, night, action)
+        assert t2.label[t2.lookup(np.array([[1, 0]]))[0]] == want
     tiles.observe(dark, np.array([0, 0]), 2, 0.5, night)                # not dark: the newest view, whatever it reads
     assert tiles.label[far] == PATH
     # the fill: a dark frame that shows cells as another class than a brighter view recorded gets those views back
@@ -331,6 +339,11 @@ def test_a_dark_view_does_not_overwrite_a_brighter_one_but_beside_the_player(mon
     z, n = fill_uncovered(tiles, model, np.full((72, 72, 3), 1, np.uint8), np.array([0, 0]), np.array([0, 0]), DARK / 3,
                           0.15, encode, None, view)
     assert n == 3 and (z[:, 0, :3] == 7.0).all() and (z[:, 3, 5] == -1).all() and encoded
+    from worldsim.actions import action_index
+
+    z, n = fill_uncovered(tiles, model, np.full((72, 72, 3), 1, np.uint8), np.array([0, 0]), np.array([0, 0]), DARK / 3,
+                          0.15, encode, None, view, action_index("noop"))
+    assert n == 4 and (z[:, 3, 5] == 7.0).all()   # a noop changes nothing beside the player: drawn back too
     z, n = fill_uncovered(tiles, model, np.full((72, 72, 3), 1, np.uint8), np.array([0, 0]), np.array([0, 0]), 0.6,
                           0.15, encode, None, view)
     assert n == 0                            # a frame that is not dark is the model's to draw
