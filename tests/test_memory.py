@@ -347,6 +347,13 @@ def test_a_dark_view_does_not_overwrite_a_brighter_one_but_beside_the_player(mon
     z, n = fill_uncovered(tiles, model, np.full((72, 72, 3), 1, np.uint8), np.array([0, 0]), np.array([0, 0]), 0.6,
                           0.15, encode, None, view)
     assert n == 0                            # a frame that is not dark is the model's to draw
+    # a dark view that contradicts the map in many places near its centre does not fit the map (a pose estimated
+    # wrong): the map paints nothing over it
+    shifted = np.full((7, 9), STONE)
+    shifted[1:6, 1:4] = GRASS                # 15 tiles near the centre, none beside the player
+    z, n = fill_uncovered(tiles, model, np.full((72, 72, 3), 1, np.uint8), np.array([0, 0]), np.array([0, 0]), DARK / 3,
+                          0.15, encode, None, shifted)
+    assert n == 0
 
 
 def test_tile_map_keeps_each_cells_newest_view_bounded_and_copies_apart():
