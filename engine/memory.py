@@ -482,7 +482,9 @@ def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_p
         return latent, 0
     cells, rows = cells[seen], rows[seen]
     r, c = cells[:, 1] - pose[1] + HALF_Y, cells[:, 0] - pose[0] + HALF_X  # where the new frame shows each cell
-    here = read_view_tiles(frame, r * VIEW_COLS + c, (float(light), False))
+    # the cells' labels: the caller's reading of this frame where it has one, else read here
+    here = (np.asarray(view_labels).reshape(-1)[r * VIEW_COLS + c] if view_labels is not None
+            else read_view_tiles(frame, r * VIEW_COLS + c, (float(light), False)))
     if here is None:
         return latent, 0
     # a creature or an arrow the model drew is left to it (a zombie walking in is not erased), but only on ground

@@ -49,10 +49,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from worldsim.eval.tiles import (ARROW, COW, FURNACE, GRASS, LAVA, PATH, PLANT, SAND, SKELETON, STATIC_CLASSES, STONE, TABLE, WATER, ZOMBIE,
-                                 daylight_at)
-
-COAL, IRON, DIAMOND = 8, 9, 10  # worldsim.eval.tiles.SEMANTIC_NAMES
+from worldsim.eval.tiles import (ARROW, COAL, COW, DIAMOND, FURNACE, GRASS, IRON, LAVA, PATH, PLANT, SAND, SKELETON, STATIC_CLASSES, STONE,
+                                 TABLE, WATER, ZOMBIE, daylight_at)
 from worldsim.actions import ACTION_NAMES
 from worldsim.memory import (PLAYER_COL, PLAYER_ROW, VIEW_COLS, VIEW_ROWS, estimate_move, frame_lighting, move_delta, moved_view,
                              read_view_tiles, target_walkable)
@@ -162,7 +160,7 @@ def _near(labels: np.ndarray, cls: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def hold_tiles(prev_frame: np.ndarray, prev_latent: np.ndarray, frame: np.ndarray, latent: np.ndarray,
                move: tuple[int, int], action: int, prev_lit: tuple[float, bool] | None,
-               lit: tuple[float, bool] | None, was: np.ndarray | None = None
+               lit: tuple[float, bool] | None, was: np.ndarray | None = None, now: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
     """Tiles kept as the previous frame showed them where Crafter could not have changed them: -> (latent
     (C,g,g), frame uint8 (H,W,3), tiles put back, the new frame's view tile labels (7,9) after the hold, or None
@@ -170,7 +168,8 @@ def hold_tiles(prev_frame: np.ndarray, prev_latent: np.ndarray, frame: np.ndarra
 
     prev_frame/frame uint8 (H,W,3) and prev_latent/latent (C,g,g): the frame the action was taken on and the
     new one; ``move`` (dx, dy) the player's move between them; ``prev_lit``/``lit`` their lighting
-    (``frame_lighting``); ``was``: prev_frame's labels when the caller has them (the last call's). Of the view
+    (``frame_lighting``); ``was``: prev_frame's labels when the caller has them (the last call's), ``now``:
+    frame's (read with ``lit``). Of the view
     tiles both frames show (under the move), the previous token and pixels come back where a material or a
     plant became anything else but a creature that can have walked in (onto grass, sand or path: one was beside
     it, or it is as far from the player as the game spawns one) or an arrow over ground it flies over, and where
@@ -185,7 +184,8 @@ def hold_tiles(prev_frame: np.ndarray, prev_latent: np.ndarray, frame: np.ndarra
     n = VIEW_ROWS * VIEW_COLS
     if was is None:
         was = read_view_tiles(prev_frame, np.arange(n), prev_lit)
-    now = read_view_tiles(frame, np.arange(n), lit)
+    if now is None:
+        now = read_view_tiles(frame, np.arange(n), lit)
     if was is None or now is None:
         return latent, frame, 0, None
     was, now = was.reshape(VIEW_ROWS, VIEW_COLS), now.reshape(VIEW_ROWS, VIEW_COLS)

@@ -13,7 +13,7 @@ from worldsim.autoencoder import Autoencoder, ae_preset
 from worldsim.checkpoint import save_checkpoint
 from worldsim.config import config_to_dict
 from worldsim.dit import CausalDiT, PrevFrameMix, dit_preset
-from worldsim.io import atomic_write_json
+from worldsim.io import atomic_write_json, sha256_file
 
 
 def make_tiny_world(path: str | os.PathLike, seed: int = 0, opening: np.ndarray | None = None, frames: int = 4) -> Path:
@@ -96,7 +96,7 @@ def add_random_reader(world_dir: str | os.PathLike, seed: int = 0) -> Path:
     """Give a world dir a random-weight tiny tile reader tied to its autoencoder (listed in world.json); -> its path."""
     import json
 
-    from worldsim.eval.reader import TileReader, file_digest, reader_config, save_reader
+    from worldsim.eval.reader import TileReader, reader_config, save_reader
     from worldsim.eval.tiles import NUM_CLASSES
 
     world_dir = Path(world_dir)
@@ -105,7 +105,7 @@ def add_random_reader(world_dir: str | os.PathLike, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     dims = [cfg.inputs] + [cfg.hidden] * cfg.depth + [NUM_CLASSES]
     weights = [((rng.standard_normal((a, b)) / a ** 0.5).astype(np.float32), np.zeros(b, np.float32)) for a, b in zip(dims, dims[1:])]
-    reader = TileReader(cfg, weights, {"autoencoder_sha256": file_digest(world_dir / meta["autoencoder"])})
+    reader = TileReader(cfg, weights, {"autoencoder_sha256": sha256_file(world_dir / meta["autoencoder"])})
     save_reader(world_dir / "reader.safetensors", reader)
     meta["reader"] = "reader.safetensors"
     atomic_write_json(world_dir / "world.json", meta)

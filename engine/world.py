@@ -767,7 +767,7 @@ class Session:
                 move = self._move(prev, frames[i], a, walkable)
                 # the fill (cells the move uncovered) and the hold (cells both frames show) touch different tiles:
                 # both read the frame as decoded here, and one decode serves both
-                z, changed = out[0, i], 0
+                z, changed, view = out[0, i], 0, None
                 if bank is not None:
                     new_pose = pose + move
                     lights[i] = np.nan if lit is None or lit[1] else lit[0]  # a sleeper's dark view is no tile source
@@ -784,7 +784,8 @@ class Session:
                     # the previous frame's labels come from the last hold when it read that very frame
                     key, key_lit, cached = self._hold_labels
                     was = cached if key is not None and key_lit == _lit_key(prev_lit) and key == _frame_key(prev) else None
-                    z, px, n, labels = hold_tiles(prev, prev_z, frames[i], z, move, a, prev_lit, lit, was)
+                    # frames[i] is still the frame as decoded (the fill changed only z): the dark check's reading holds
+                    z, px, n, labels = hold_tiles(prev, prev_z, frames[i], z, move, a, prev_lit, lit, was, view)
                     held += n
                     if n and not changed:
                         out[0, i], frames[i] = z, px  # the held tiles' pixels pasted: no decode

@@ -14,6 +14,7 @@ from engine.world import default_world_dir
 from worldsim.checkpoint import CheckpointError
 from worldsim.eval import reader as R
 from worldsim.eval import tiles as T
+from worldsim.io import sha256_file
 from worldsim.memory import read_view_tiles
 from worldsim.train import load_autoencoder
 
@@ -130,7 +131,7 @@ def test_sessions_read_generated_frames_with_the_worlds_reader(tiny_world_dir):
 def test_world_loads_its_reader_and_refuses_a_foreign_one(tmp_path):
     src = default_world_dir()
     world = World.load(src, backend="torch")
-    assert world.reader is not None and world.reader.meta["autoencoder_sha256"] == R.file_digest(src / "autoencoder.safetensors")
+    assert world.reader is not None and world.reader.meta["autoencoder_sha256"] == sha256_file(src / "autoencoder.safetensors")
     d = tmp_path / "w"
     shutil.copytree(src, d, ignore=shutil.ignore_patterns(".cache"))
     foreign = _constant_reader(LAVA)

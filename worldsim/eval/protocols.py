@@ -34,7 +34,8 @@ import numpy as np
 from worldsim.actions import ACTION_NAMES
 from worldsim.eval import metrics as M
 from worldsim.eval.reader import reading_with
-from worldsim.eval.tiles import PLAYER_COL, PLAYER_ROW, SEMANTIC_NAMES, VIEW_COLS, VIEW_ROWS, get_classifier
+from worldsim.eval.tiles import (ARROW, COAL, COW, DIAMOND, IRON, PATH, PLAYER, PLAYER_COL, PLAYER_ROW, SEMANTIC_NAMES, SKELETON, STONE,
+                                 VIEW_COLS, VIEW_ROWS, ZOMBIE, get_classifier)
 
 EVAL_SEEDS_START = 1_000_000       # held-out env seeds (worldsim.data.format.EVAL_SEEDS_START)
 LOOKING = 4                         # recorder segment label: standing beside A, facing it
@@ -452,8 +453,8 @@ def _return_after_gap(on: np.ndarray, gap: int) -> tuple[int, int] | None:
 # 86% of such tiles, path 64%, a table 12% (daylight < 0.05), against 99-100% from 0.1 up. Cells are scored in
 # both, and the "readable" figure counts frames lit at READABLE_LIGHT or more.
 READABLE_LIGHT = 0.1
-MINED_FROM = (3, 8, 9, 10)   # stone, coal, iron, diamond: mined with "do", they leave path (crafter's collect rules)
-_MOVERS = (13, 14, 15, 16, 17)  # the player, cow, zombie, skeleton, arrow: they walk over path
+MINED_FROM = (STONE, COAL, IRON, DIAMOND)   # mined with "do", they leave path (crafter's collect rules)
+_MOVERS = (PLAYER, COW, ZOMBIE, SKELETON, ARROW)  # they walk over path
 
 
 def mined_events(ep: Episode, k: int, look_max: int) -> list[tuple[int, int, int, int, int]]:
@@ -471,7 +472,7 @@ def mined_events(ep: Episode, k: int, look_max: int) -> list[tuple[int, int, int
         r, c = PLAYER_ROW + fy, PLAYER_COL + fx
         if not (0 <= r < VIEW_ROWS and 0 <= c < VIEW_COLS) or (ep.pos[t + 1] != ep.pos[t]).any():
             continue
-        if ep.semantic[t][r, c] not in MINED_FROM or ep.semantic[t + 1][r, c] != 4:
+        if ep.semantic[t][r, c] not in MINED_FROM or ep.semantic[t + 1][r, c] != PATH:
             continue
         x, y = int(ep.pos[t][0]) + fx, int(ep.pos[t][1]) + fy
         d = np.array([x, y])[None] - ep.pos[t + 1:].astype(np.int64)
@@ -480,7 +481,7 @@ def mined_events(ep: Episode, k: int, look_max: int) -> list[tuple[int, int, int
         # player placed a block there, say)
         rr, cc = np.clip(PLAYER_ROW + d[:, 1], 0, VIEW_ROWS - 1), np.clip(PLAYER_COL + d[:, 0], 0, VIEW_COLS - 1)
         there = ep.semantic[t + 1:][np.arange(len(d)), rr, cc]
-        other = np.flatnonzero(on & (there != 4) & ~np.isin(there, _MOVERS))
+        other = np.flatnonzero(on & (there != PATH) & ~np.isin(there, _MOVERS))
         if len(other):
             on = on[:other[0]]
         back = _return_after_gap(on, k)
@@ -489,7 +490,7 @@ def mined_events(ep: Episode, k: int, look_max: int) -> list[tuple[int, int, int
         t_end = t + 1 + back[1]
         while t_end + 1 < len(ep) and t_end - (t + 1 + back[1]) < look_max and on[t_end + 1 - (t + 1)]:
             t_end += 1
-        out.append((t + 1, t_end, x, y, 4))
+        out.append((t + 1, t_end, x, y, PATH))
     return out
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import hashlib
 import os
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ import numpy as np
 
 from worldsim.config import config_from_dict, config_to_dict, preset
 from worldsim.eval.tiles import NUM_CLASSES, VIEW_COLS, VIEW_ROWS
+from worldsim.io import sha256_file
 
 KIND = "tile_reader"
 
@@ -163,15 +163,6 @@ def reading_with(reader: TileReader | None) -> Iterator[None]:
 # files
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """sha256 hex of a file (ties a reader to the autoencoder whose round trips it learned)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_reader(path: str | os.PathLike, reader: TileReader) -> None:
     """Save a reader as safetensors with its config and meta (autoencoder digest, metrics) in the header."""
     import torch
@@ -195,7 +186,7 @@ def load_reader(path: str | os.PathLike, autoencoder: str | os.PathLike | None =
         reader = TileReader(cfg, weights, {k: v for k, v in meta.items() if k not in ("kind", "config")})
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"reader {path} does not hold a usable tile reader: {e}") from None
-    if autoencoder is not None and meta.get("autoencoder_sha256") != file_digest(autoencoder):
+    if autoencoder is not None and meta.get("autoencoder_sha256") != sha256_file(autoencoder):
         raise CheckpointError(f"reader {path} was trained on another autoencoder than {autoencoder}; retrain it with "
                               f"`worldsim train-reader --world <dir>`")
     return reader
@@ -396,7 +387,7 @@ def run(args) -> int:
     theirs = accuracy(clf.classify(held["frames"], held["daylight"], held["sleeping"]).labels, held)
     print(f"held-out round trips ({len(held['frames'])} frames): " + ", ".join(
         f"{k} {mine[k]:.2%} (texture model {theirs[k]:.2%})" for k in mine))
-    reader.meta.update({"autoencoder_sha256": file_digest(ae_path), "heldout": mine, "heldout_texture_model": theirs,
+    reader.meta.update({"autoencoder_sha256": sha256_file(ae_path), "heldout": mine, "heldout_texture_model": theirs,
                         "heldout_seeds": [EVAL_SEED0, EVAL_SEED0 + args.eval_episodes - 1]})
     out = Path(args.out) if args.out else world / "reader.safetensors"
     save_reader(out, reader)

@@ -32,7 +32,7 @@ SEMANTIC_NAMES: tuple[str, ...] = (
 )
 NUM_CLASSES = len(SEMANTIC_NAMES)
 OUTSIDE, WATER, GRASS, STONE, PATH, SAND, TREE, LAVA = 0, 1, 2, 3, 4, 5, 6, 7
-TABLE, FURNACE, PLAYER, COW, ZOMBIE, SKELETON, ARROW, PLANT = 11, 12, 13, 14, 15, 16, 17, 18
+COAL, IRON, DIAMOND, TABLE, FURNACE, PLAYER, COW, ZOMBIE, SKELETON, ARROW, PLANT = 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18
 # Classes that never move by themselves (materials); creatures, arrows and plants are objects.
 STATIC_CLASSES: tuple[int, ...] = tuple(range(0, 13))
 OBJECT_CLASSES: tuple[int, ...] = tuple(range(13, 19))
