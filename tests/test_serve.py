@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
-import time
 import urllib.error
 import urllib.request
 
@@ -175,11 +174,12 @@ def test_a_slow_client_does_not_stall_the_others(server):
         slow_conn = next(c for c in server.server.connections if c.id == slow.welcome["session"])
         # the server's side of the slow socket gets a tiny send buffer too, so it fills in a few frames
         slow_conn.ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        t0 = time.monotonic()
-        await fast.until(lambda m: m["type"] == "frame" and m["tick"] >= 100)
-        dt = time.monotonic() - t0
-        # the fast client kept (nearly) the full rate while the slow one was stuck
-        assert dt < 100 / 100.0 * 3, dt
+        first = len(fast.frames)
+        last = await fast.until(lambda m: m["type"] == "frame" and m["tick"] >= 100)
+        # the fast client kept receiving while the slow one was stuck (a stall would end in recv's TIMEOUT):
+        # most ticks reached it (no wall-clock bound: a loaded CI machine slows every tick alike)
+        got = [m["tick"] for m in fast.frames[first:] if m["type"] == "frame"]
+        assert len(got) >= 0.5 * (last["tick"] - got[0] + 1), (len(got), got[0], last["tick"])
         assert slow_conn.stats.frames_dropped > 0  # stale frames were dropped, not buffered
         assert len(slow_conn.outbox) <= 2
         await fast.close()
