@@ -305,3 +305,24 @@ def test_the_game_with_other_luck_starts_the_same_and_draws_its_own_future(episo
     assert not np.array_equal(runs[0][0], ep.frames[start + 1:start + 101])
     same = RealGameWorld(episodes).new_session(context=frames, actions=acts)
     np.testing.assert_array_equal(np.stack([same.step(int(a)) for a in ep.actions[start:start + 100]]), ep.frames[start + 1:start + 101])
+
+
+def test_the_autoencoder_ceiling_is_the_game_through_the_shipped_autoencoder(episodes):
+    """`--world real-ae`: the real game, every frame it returns passed through the shipped world's autoencoder
+    and read with its reader; it scores near but not at the oracle's 1 (what the latents lose)."""
+    from worldsim.eval.cli import _reference_world
+    from worldsim.eval.reader import round_trip
+
+    world, desc = _reference_world("real-ae", episodes)
+    assert desc["kind"] == "reference" and world.reader is not None
+    ep = episodes[0]
+    start = 150
+    frames, acts = ep.context(start, 8)
+    s = world.new_session(context=frames, actions=acts)
+    got = np.stack([s.step(int(a)) for a in ep.actions[start:start + 6]])
+    np.testing.assert_array_equal(got, round_trip(world.autoencoder, ep.frames[start + 1:start + 7]))
+    assert not np.array_equal(got, ep.frames[start + 1:start + 7])
+    cfg = dataclasses.replace(CFG, rollouts=1)
+    res, _ = P.evaluate(world, episodes, cfg, protocols=("rollouts",), progress=False, log=lambda m: None)
+    r = res["rollouts"]["model"]["horizons"]["32"]
+    assert 0.9 < r["tile_all"] < 1.0 or r["tile_all"] == 1.0 and r["psnr"] < M.PSNR_CAP

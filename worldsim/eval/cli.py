@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-REFERENCE_WORLDS = ("copy-last", "real", "real-reseeded")
+REFERENCE_WORLDS = ("copy-last", "real", "real-reseeded", "real-ae")
 
 
 def default_cache_dir() -> Path:
@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `worldsim eval`."""
     parser.add_argument("--world", default=None,
                         help="world directory (default: the shipped world), or 'copy-last' / 'real' / 'real-reseeded' (the game with "
-                             "other luck) for the reference worlds")
+                             "other luck) / 'real-ae' (the game through the shipped world's autoencoder, read by its reader: "
+                             "the ceiling of a world that draws through it) for the reference worlds")
     parser.add_argument("--out", required=True, help="output directory for report.json, report.md and the PNG plots")
     parser.add_argument("--quick", action="store_true", help="a few minutes: fewer episodes, samples and rollouts")
     parser.add_argument("--episodes", type=int, default=None, help="held-out episodes to record/use (default: preset)")
@@ -61,7 +62,26 @@ def _reference_world(name: str, episodes) -> tuple[Any, dict[str, Any]]:
         return CopyLastWorld(tuple(episodes[0].frames.shape[1:])), {"name": "copy-last", "path": None, "kind": "reference"}
     if name == "real-reseeded":  # the game against itself: how far a perfect but independent world can score
         return RealGameWorld(episodes, reseed=True), {"name": "real game, other luck (oracle)", "path": None, "kind": "reference"}
+    if name == "real-ae":  # the autoencoder's ceiling: the game itself, every frame through the shipped world's autoencoder
+        return _autoencoded_world(episodes)
     return RealGameWorld(episodes), {"name": "real game (oracle)", "path": None, "kind": "reference"}
+
+
+def _autoencoded_world(episodes) -> tuple[Any, dict[str, Any]]:
+    """The real game through the shipped world's autoencoder, read with its tile reader."""
+    import json
+
+    from worldsim.eval.reader import load_reader
+    from worldsim.eval.reference import AutoencodedGameWorld
+    from worldsim.train import load_autoencoder
+
+    # the shipped world (engine.world.default_world_dir; worldsim imports nothing from the engine)
+    world = Path(__file__).resolve().parents[1] / "worlds" / "crafter"
+    manifest = json.loads((world / "world.json").read_text())
+    ae_path = world / manifest["autoencoder"]
+    reader = load_reader(world / manifest["reader"], autoencoder=ae_path) if manifest.get("reader") else None
+    return (AutoencodedGameWorld(episodes, load_autoencoder(ae_path), reader),
+            {"name": "real game through the autoencoder (ceiling)", "path": str(ae_path), "kind": "reference"})
 
 
 def run(args: argparse.Namespace, load_world: Callable[[argparse.Namespace], tuple[Any, dict[str, Any]]] | None = None) -> int:

@@ -225,3 +225,40 @@ class RealGameWorld:
         if self.reseed:  # the same world and state, another draw of everything random from here on
             env._env._world.random = np.random.RandomState([int(self.episodes[e].seed) % 2**32, t, int(seed) % 2**32, 0x6C75636B])
         return RealGameSession(env, frame)
+
+
+class AutoencodedSession(RealGameSession):
+    """The real game whose every frame is shown through an autoencoder (decode(encode(frame)))."""
+
+    def __init__(self, env: Any, frame: np.ndarray, round_trip) -> None:
+        super().__init__(env, frame)
+        self._round_trip = round_trip
+
+    def step(self, action: str | int) -> np.ndarray:
+        """Play one action in the real game; return its frame uint8 (H, W, 3) after the autoencoder's round trip."""
+        return self._round_trip(super().step(action))
+
+
+class AutoencodedGameWorld(RealGameWorld):
+    """The ceiling of a world that draws through ``autoencoder``: the real game (an oracle, as
+    RealGameWorld) with each frame it returns passed through the autoencoder, read with ``reader`` (the
+    world's tile reader) as the world's own frames are. What is lost here (night tiles the latents do not
+    keep) no dynamics model can get back."""
+
+    name = "real-ae"
+
+    def __init__(self, episodes: Sequence[ReplayEpisode], autoencoder: Any, reader: Any = None, **kwargs: Any) -> None:
+        super().__init__(episodes, **kwargs)
+        self.autoencoder = autoencoder.eval()
+        self.reader = reader
+
+    def _round_trip(self, frame: np.ndarray) -> np.ndarray:
+        from worldsim.eval.reader import round_trip
+
+        return round_trip(self.autoencoder, frame[None])[0]
+
+    def new_session(self, context: np.ndarray | None = None, actions: Sequence[str | int | None] | None = None,
+                    seed: int = 0) -> AutoencodedSession:
+        """Resume the real game at the last context frame; its steps come through the autoencoder."""
+        s = super().new_session(context, actions, seed)
+        return AutoencodedSession(s.env, s.frame, self._round_trip)
