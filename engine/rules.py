@@ -249,6 +249,97 @@ def hold_tiles(prev_frame: np.ndarray, prev_latent: np.ndarray, frame: np.ndarra
 
 
 # ---------------------------------------------------------------------------------------------------
+# the faced tile: what placing and mining do (see the module docstring)
+
+# crafter/data.yaml (crafter 1.8.3), `place` and `collect` (tests/test_tile_hold.py checks them against
+# crafter.constants): action -> (what it puts on the faced tile, items it uses, the ground it needs)
+PLACE_RULES: dict[int, tuple[int, dict[str, int], frozenset[int]]] = {
+    ACTION_NAMES.index("place_stone"): (STONE, {"stone": 1}, frozenset((GRASS, SAND, PATH, WATER, LAVA))),
+    ACTION_NAMES.index("place_table"): (TABLE, {"wood": 2}, frozenset((GRASS, SAND, PATH))),
+    ACTION_NAMES.index("place_furnace"): (FURNACE, {"stone": 4}, frozenset((GRASS, SAND, PATH))),
+    ACTION_NAMES.index("place_plant"): (PLANT, {"sapling": 1}, frozenset((GRASS,))),
+}
+# `do` on a mineral: label -> (the tool it needs, the item it gives); it leaves path
+MINE_RULES: dict[int, tuple[str, str]] = {STONE: ("wood_pickaxe", "stone"), COAL: ("wood_pickaxe", "coal"),
+                                          IRON: ("stone_pickaxe", "iron"), DIAMOND: ("iron_pickaxe", "diamond")}
+DO = ACTION_NAMES.index("do")
+ITEM_MAX = 9  # Crafter's inventory counts stop at 9
+
+
+def faced_tile(prev_frame: np.ndarray, prev_latent: np.ndarray, frame: np.ndarray, latent: np.ndarray, action: int,
+               facing: tuple[int, int] | None, lit: tuple[float, bool] | None, encode, decode
+               ) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Crafter's rule for the tile the player faces after a place action or `do` on a mineral: -> (latent (C,g,g),
+    frame uint8 (H,W,3), "done" | "refused" | None where nothing was changed).
+
+    prev_frame/prev_latent: the frame the action was taken on; frame/latent: the new one (the player does not
+    move). Where the faced tile (``facing`` (dx, dy)) is ground the block may go on and the inventory prev_frame
+    shows holds what it uses (a mineral and the tool it needs), the new frame shows the block (the mined path)
+    there and the inventory counts after it (the used items fewer, the mined one more); the game's texture lit
+    at the frame's light is drawn in and encoded (``encode`` uint8 (1,S,S,3) -> (1,C,g,g)), and the frame
+    decoded again (``decode``). Where the game refuses the action (wrong ground, too few items, no tool) and the
+    model drew the change anyway, the faced tile comes back as it was. Nothing is done where the light is
+    unknown, the player sleeps, the facing is unknown or a tile cannot be read.
+    """
+    from worldsim.eval.tiles import INVENTORY_ITEMS, get_classifier
+
+    rule = PLACE_RULES.get(int(action))
+    if (rule is None and action != DO) or facing is None or lit is None or lit[1]:
+        return latent, frame, None
+    r0, c0 = PLAYER_ROW + int(facing[1]), PLAYER_COL + int(facing[0])
+    idx = np.array([r0 * VIEW_COLS + c0])
+    before, now = read_view_tiles(prev_frame, idx, lit), read_view_tiles(frame, idx, lit)
+    if before is None or now is None:
+        return latent, frame, None
+    before, now = int(before[0]), int(now[0])
+    clf = get_classifier(int(frame.shape[0]))
+    inv = dict(zip(INVENTORY_ITEMS, (int(v) for v in clf.read_inventory(prev_frame))))
+    after = dict(inv)
+    if rule is not None:
+        block, uses, ground = rule
+        can = before in ground and all(inv[k] >= v for k, v in uses.items())
+        for k, v in uses.items():
+            after[k] = inv[k] - v
+    elif before in MINE_RULES:
+        block, (tool, item) = PATH, MINE_RULES[before]
+        can = inv[tool] >= 1
+        after[item] = min(ITEM_MAX, inv[item] + 1)
+    else:
+        return latent, frame, None   # `do` on anything else (a tree, water, a creature): the tile hold's business
+    if not can:
+        if now == block and before != block:   # the model did what the game would not: the tile as it was
+            u = frame.shape[0] // latent.shape[-1]
+            out, px = np.array(latent, np.float32, copy=True), frame.copy()
+            out[:, r0, c0] = np.asarray(prev_latent)[:, r0, c0]
+            px[r0 * u:(r0 + 1) * u, c0 * u:(c0 + 1) * u] = prev_frame[r0 * u:(r0 + 1) * u, c0 * u:(c0 + 1) * u]
+            return out, px, "refused"
+        return latent, frame, None
+    shown = dict(zip(INVENTORY_ITEMS, (int(v) for v in clf.read_inventory(frame))))
+    slots = [INVENTORY_ITEMS.index(k) for k in after if after[k] != inv[k] and shown[k] != after[k]]
+    if now == block and not slots:
+        return latent, frame, None
+    from engine.memory import _texture
+
+    canvas = np.array(frame, copy=True)
+    tiles = []
+    if now != block:
+        tex = _texture(int(frame.shape[0]), block)
+        if tex is None:
+            return latent, frame, None
+        u = frame.shape[0] // latent.shape[-1]
+        canvas[r0 * u:(r0 + 1) * u, c0 * u:(c0 + 1) * u] = light_tiles([tex], float(lit[0]), np.array([[r0, c0]]))[0]
+        tiles.append((r0, c0))
+    for item in slots:
+        canvas = clf.draw_inventory_count(canvas, item, after[INVENTORY_ITEMS[item]])
+        tiles.append(clf.inventory_tile(item))
+    z = encode(canvas[None])[0]   # one token per tile: the drawn tiles' tokens, read off the whole frame
+    out = np.array(latent, np.float32, copy=True)
+    rr, cc = np.array(tiles).T
+    out[:, rr, cc] = z[:, rr, cc]
+    return out, decode(out[None])[0], "done"
+
+
+# ---------------------------------------------------------------------------------------------------
 # the day clock (see the module docstring)
 
 NIGHT_NOISE_MEAN = 79.5  # Crafter's night noise is uniform(32, 127), grey

@@ -25,18 +25,20 @@ import numpy as np
 from engine.backends import (BACKENDS, BackendUnavailable, OrtBackend, TorchBackend, ensure_onnx_graphs, ensure_static_dit,
                              tensorrt_unavailable_reason)
 from engine.cache import RingKVCache
-from engine.rules import (DAY_CLOCK_TOLERANCE, ENERGY_MAX, advance_life, enforce_blocked_move, fit_clock, fit_life, hold_tiles, read_energy,
-                          draw_energy, energy_slot, relight, rendered_awake_view, sleeping_view, warm_start)
+from engine.rules import (DAY_CLOCK_TOLERANCE, DO, ENERGY_MAX, PLACE_RULES, advance_life, enforce_blocked_move, faced_tile, fit_clock, fit_life,
+                          hold_tiles, read_energy, draw_energy, energy_slot, relight, rendered_awake_view, sleeping_view, warm_start)
 from engine.memory import DARK, MemoryBank, MemoryConfig, MemoryKV, fill_uncovered, memory_slots, predicted_poses, slot_shift
-from worldsim.actions import ACTION_NAMES, NULL_ACTION, action_index
+from worldsim.actions import ACTION_NAMES, MOVES, NULL_ACTION, action_index
 from worldsim.diffusion import FlowSampler
 from worldsim.io import atomic_path, read_json
 from worldsim.eval.reader import TileReader, load_reader, reading_with
 from worldsim.eval.tiles import daylight_at
-from worldsim.memory import VIEW_COLS, VIEW_ROWS, estimate_move, frame_lighting, read_view_tiles, target_walkable, track_poses
+from worldsim.memory import (VIEW_COLS, VIEW_ROWS, estimate_move, frame_lighting, read_facing, read_view_tiles, target_walkable,
+                             track_poses)
 
 WORLD_FORMAT = "worldsim-world"
 WORLD_VERSION = 1
+MOVE_DIRECTIONS = {ACTION_NAMES.index(n): d for n, d in MOVES.items()}  # action index -> (dx, dy)
 SESSION_FORMAT = "worldsim-session"
 SESSION_VERSION = 1
 
@@ -60,13 +62,14 @@ class RuntimePreset:
     life_clock: bool = True  # Crafter's energy counter (fitted to the context): no sleep at full energy, a sleeper wakes when full (engine.rules)
     sleep_view: bool = True  # with the life clock: a sleeper's frame is drawn as the game draws it, from its last awake frame (engine.rules)
     tile_hold: bool = True  # tiles Crafter could not have changed (materials away from the player's hands, creatures' steps) are put back (engine.rules)
+    faced_rule: bool = True  # Crafter's rule for the faced tile: a place action or mining that the game allows shows its block and inventory (engine.rules)
     warm: float = 0.0  # in (0, 1): denoise from this level, starting at the previous frame moved as the action moves the view
 
     @property
     def reads_frames(self) -> bool:
         """Whether stepping reads the previous/decoded frame on the host (the rules, the warm start): a device
         path that keeps the whole step on the accelerator (tensorrt's CUDA graph) cannot serve it."""
-        return self.block_rule or self.day_clock or self.life_clock or self.tile_hold or self.warm > 0
+        return self.block_rule or self.day_clock or self.life_clock or self.tile_hold or self.faced_rule or self.warm > 0
 
 
 # Windows are capped by what the world was trained on (world.json max_window: 15 for the shipped world). A
@@ -730,10 +733,10 @@ class Session:
         w, st = self.world, self._state
         bank = st.memory
         frames = w.backend.decode(x0[0])
-        rule, hold = w.preset.block_rule, w.preset.tile_hold
+        rule, hold, faced = w.preset.block_rule, w.preset.tile_hold, w.preset.faced_rule
         offset = st.extra.get("day_offset") if w.preset.day_clock else None
         life = st.extra.get("life") if w.preset.life_clock else None
-        if not rule and bank is None and offset is None and life is None and not hold:
+        if not rule and bank is None and offset is None and life is None and not hold and not faced:
             return x0, frames
         k = len(acts)
         out, poses, lights = x0.copy(), np.zeros((k, 2), np.int64), np.zeros(k, np.float32)
@@ -741,7 +744,7 @@ class Session:
         # the last frame's lighting as the hold read it (state: a restored session reads the same), else read here
         prev_lit = (st.extra.get("hold_lit") or frame_lighting(prev)) if hold else None
         pose = bank.current_pose if bank is not None else np.zeros(2, np.int64)
-        fixes = filled = held = relit = woken = drawn = 0
+        fixes = filled = held = relit = woken = drawn = done = refused = 0
         for i, a in enumerate(acts):
             walkable = target_walkable(prev, a, frames[i]) if (rule or bank is not None or hold) else None
             if rule:
@@ -749,7 +752,7 @@ class Session:
                 if fixed:
                     out[0, i], frames[i] = z, w.backend.decode(z[None])[0]
                     fixes += 1
-            lit = frame_lighting(frames[i]) if (offset is not None or bank is not None or life is not None or hold) else None
+            lit = frame_lighting(frames[i]) if (offset is not None or bank is not None or life is not None or hold or faced) else None
             want = float(daylight_at(st.frame_index + 1 + i + offset)) if offset is not None else None  # the clock's light
             if life is not None:
                 out[0, i], frames[i], lit, kind = self._life_step(a, out[0, i], frames[i], lit, want, life)
@@ -763,6 +766,20 @@ class Session:
             if life is not None and lit is not None and not lit[1]:
                 st.awake = out[0, i].copy()
                 st.extra["awake_light"] = float(lit[0])
+            if faced:
+                # the way the player faces: Crafter turns it with every move action, blocked or not; read from the
+                # sprite of the frame before the session's first own step
+                if st.extra.get("facing") is None:
+                    f = read_facing(prev)
+                    st.extra["facing"] = None if f is None else list(f)
+                if a in PLACE_RULES or a == DO:
+                    z, px, kind = faced_tile(prev, prev_z, frames[i], out[0, i], a, st.extra["facing"], lit,
+                                             w.backend.encode, w.backend.decode)
+                    if kind is not None:
+                        out[0, i], frames[i] = z, px
+                        done, refused = done + (kind == "done"), refused + (kind == "refused")
+                elif a in MOVE_DIRECTIONS:
+                    st.extra["facing"] = list(MOVE_DIRECTIONS[a])
             if bank is not None or hold:
                 move = self._move(prev, frames[i], a, walkable)
                 # the fill (cells the move uncovered) and the hold (cells both frames show) touch different tiles:
@@ -800,7 +817,8 @@ class Session:
             prev, prev_z, prev_lit = frames[i], out[0, i], lit
         if hold:
             st.extra["hold_lit"] = None if lit is None else [float(lit[0]), bool(lit[1])]
-        found.update(poses=poses, lights=lights, filled=filled, held=held, rule_fixes=fixes, relit=relit, woken=woken, asleep_drawn=drawn)
+        found.update(poses=poses, lights=lights, filled=filled, held=held, rule_fixes=fixes, relit=relit, woken=woken, asleep_drawn=drawn,
+                     faced_done=done, faced_refused=refused)
         return out, frames
 
     def _life_step(self, action: int, z: np.ndarray, frame: np.ndarray, lit: tuple[float, bool] | None,

@@ -326,3 +326,35 @@ def test_the_autoencoder_ceiling_is_the_game_through_the_shipped_autoencoder(epi
     res, _ = P.evaluate(world, episodes, cfg, protocols=("rollouts",), progress=False, log=lambda m: None)
     r = res["rollouts"]["model"]["horizons"]["32"]
     assert 0.9 < r["tile_all"] < 1.0 or r["tile_all"] == 1.0 and r["psnr"] < M.PSNR_CAP
+
+
+class _LateStarter:
+    """The real game whose player stands still (noop) for the first 8 steps of every session, then plays the
+    actions it is given: a perfect world on another walk."""
+
+    def __init__(self, world):
+        self.world, self.frame_shape = world, world.frame_shape
+        self.action_names = world.action_names
+
+    def new_session(self, context=None, actions=None, seed=0):
+        session, n = self.world.new_session(context=context, actions=actions, seed=seed), [0]
+
+        class S:
+            def step(self, action):
+                n[0] += 1
+                return session.step("noop" if n[0] <= 8 else action)
+        return S()
+
+
+def test_persistent_tiles_in_the_worlds_own_walk(episodes):
+    """Rollouts also score persistent tiles where the world's own walk (read from its frames) puts them: the real
+    game scores ~1 either way; the real game on another walk (its player idles first) loses most of the plain
+    persistent score but keeps its scene in its own walk."""
+    cfg = dataclasses.replace(CFG, horizons=(32,))
+    real, _ = P.rollouts(RealGameWorld(episodes), episodes, cfg, progress=False)
+    late, _ = P.rollouts(_LateStarter(RealGameWorld(episodes)), episodes, cfg, progress=False)
+    r, o = real["horizons"]["32"], late["horizons"]["32"]
+    assert r["walk_aligned"] == 1.0 and r["tile_persistent"] == 1.0 and r["tile_persistent_own"] > 0.995
+    assert r["tile_persistent_own_n"] > 1000 and r["tile_persistent_own_non_grass_n"] > 0
+    assert o["walk_aligned"] < 0.9  # the idle start left the real walk
+    assert o["tile_persistent_own"] > 0.99 and o["tile_persistent"] < o["tile_persistent_own"] - 0.05

@@ -254,3 +254,135 @@ def test_a_session_fills_ground_it_saw_from_its_tile_map(tmp_path, episode):
                 made_up += 1
         remember(t + 1, frame)
     assert restored >= 5 and made_up >= 5
+
+
+# -- the faced tile: placing and mining (engine.rules.faced_tile, preset.faced_rule) -----------------------
+
+
+def test_the_faced_tile_rules_are_crafters():
+    """PLACE_RULES and MINE_RULES say what crafter's data.yaml says (block, items used, ground; tool, item)."""
+    import crafter.constants as cc
+
+    from engine.rules import MINE_RULES, PLACE_RULES
+    from worldsim.eval.tiles import SEMANTIC_NAMES
+
+    assert {ACTION_NAMES[a][len("place_"):] for a in PLACE_RULES} == set(cc.place)
+    for a, (block, uses, ground) in PLACE_RULES.items():
+        info = cc.place[ACTION_NAMES[a][len("place_"):]]
+        assert SEMANTIC_NAMES[block] == ACTION_NAMES[a][len("place_"):] and uses == info["uses"]
+        assert {SEMANTIC_NAMES[g] for g in ground} == set(info["where"])
+    mined = {m for m, info in cc.collect.items() if info["leaves"] == "path"}
+    assert {SEMANTIC_NAMES[m] for m in MINE_RULES} == mined
+    for m, (tool, item) in MINE_RULES.items():
+        info = cc.collect[SEMANTIC_NAMES[m]]
+        assert info["require"] == {tool: 1} and info["receive"] == {item: 1}
+
+
+def _codec(tmp_path):
+    w = World.load(make_tiny_world(tmp_path / "tiny"), backend="onnxruntime", threads=1)
+    exact_codec(w.backend)
+    return w.backend
+
+
+def test_the_game_agrees_with_the_faced_tile_rule(tmp_path, episode):
+    """On the real place actions of an episode, a model that forgot to draw the block gets it from the rule where
+    the game placed it (the block read on the faced tile, the inventory counts of the game's next frame), and
+    nothing where the game refused (a plant on a plant); with too few items the game's block, drawn by the
+    model, goes away."""
+    from engine.rules import PLACE_RULES, faced_tile
+    from worldsim.eval.tiles import INVENTORY_ITEMS, get_classifier
+
+    be = _codec(tmp_path)
+    clf = get_classifier(72)
+    f, a, sem, inv, facing = episode["frames"], episode["actions"], episode["semantic"], episode["inventory"], episode["facing"]
+    done = kept = 0
+    for t in range(len(a) - 1):
+        if int(a[t]) not in PLACE_RULES or episode["sleeping"][t]:
+            continue
+        fx, fy = (int(v) for v in facing[t])
+        r, c = PLAYER_ROW + fy, PLAYER_COL + fx
+        lit = frame_lighting(f[t])
+        z0 = be.encode(f[t][None])[0]
+        z, frame, kind = faced_tile(f[t], z0, f[t], z0, int(a[t]), (fx, fy), lit, be.encode, be.decode)
+        if sem[t + 1][r, c] == sem[t][r, c]:   # the game refused: nothing to do
+            assert kind is None and np.array_equal(frame, f[t])
+            kept += 1
+            continue
+        assert kind == "done", t                # the game placed it
+        assert read_view_tiles(frame, np.array([r * 9 + c]), lit)[0] == sem[t + 1][r, c]
+        np.testing.assert_array_equal(clf.read_inventory(frame), inv[t + 1])
+        np.testing.assert_array_equal(_paste(frame, r, c, _tile(f[t], r, c))[:56], f[t][:56])  # nothing else
+        done += 1
+        # the same step with the items it uses gone from the inventory: the game's next frame is refused
+        poor = f[t]
+        for item in PLACE_RULES[int(a[t])][1]:
+            poor = clf.draw_inventory_count(poor, INVENTORY_ITEMS.index(item), 0)
+        z, frame, kind = faced_tile(poor, be.encode(poor[None])[0], f[t + 1], be.encode(f[t + 1][None])[0], int(a[t]), (fx, fy),
+                                    lit, be.encode, be.decode)
+        assert kind == "refused"
+        np.testing.assert_array_equal(_tile(frame, r, c), _tile(f[t], r, c))
+    assert done >= 3 and kept >= 1
+
+
+def test_mining_leaves_path_and_gives_the_item_with_the_tool(tmp_path, episode):
+    """`do` facing stone: with a wood pickaxe the faced tile becomes path and the stone count goes up by one;
+    without one nothing changes (and a path the model drew becomes stone again)."""
+    from engine.rules import faced_tile, light_tiles
+    from engine.memory import _texture
+    from worldsim.eval.tiles import INVENTORY_ITEMS, get_classifier
+
+    be = _codec(tmp_path)
+    clf = get_classifier(72)
+    f, sem, facing = episode["frames"], episode["semantic"], episode["facing"]
+    t = next(t for t in range(len(f)) if episode["daylight"][t] > 0.9 and not episode["sleeping"][t])
+    fx, fy = (int(v) for v in facing[t])
+    r, c = PLAYER_ROW + fy, PLAYER_COL + fx
+    lit = frame_lighting(f[t])
+    stone = _paste(f[t], r, c, light_tiles([_texture(72, STONE)], lit[0], np.array([[r, c]]))[0])
+    pick, item = INVENTORY_ITEMS.index("wood_pickaxe"), INVENTORY_ITEMS.index("stone")
+    for tool in (1, 0):
+        before = clf.draw_inventory_count(clf.draw_inventory_count(stone, pick, tool), item, 3)
+        z0 = be.encode(before[None])[0]
+        z, frame, kind = faced_tile(before, z0, before, z0, DO, (fx, fy), lit, be.encode, be.decode)
+        if tool:
+            assert kind == "done"
+            assert read_view_tiles(frame, np.array([r * 9 + c]), lit)[0] == PATH
+            assert clf.read_inventory(frame)[item] == 4 and clf.read_inventory(frame)[pick] == 1
+        else:
+            assert kind is None
+            path = _paste(before, r, c, light_tiles([_texture(72, PATH)], lit[0], np.array([[r, c]]))[0])
+            z, frame, kind = faced_tile(before, z0, path, be.encode(path[None])[0], DO, (fx, fy), lit, be.encode, be.decode)
+            assert kind == "refused" and read_view_tiles(frame, np.array([r * 9 + c]), lit)[0] == STONE
+
+
+def test_a_session_places_the_block_the_model_forgot(tmp_path, episode):
+    """Through a session (tiny world, exact codec, a model that repeats the last frame): place_table facing grass
+    with two wood shows the table and one wood fewer with faced_rule, the unchanged frame without it; the facing
+    is read from the player's sprite and then follows the move actions."""
+    from worldsim.eval.tiles import INVENTORY_ITEMS, TABLE, get_classifier
+
+    f, a, sem = episode["frames"], episode["actions"], episode["semantic"]
+    t = next(t for t in range(8, len(a) - 1) if ACTION_NAMES[int(a[t])] == "place_table" and (sem[t + 1] == TABLE).any()
+             and not (sem[t] == TABLE).any())
+    fx, fy = (int(v) for v in episode["facing"][t])
+    r, c = PLAYER_ROW + fy, PLAYER_COL + fx
+    got = {}
+    for faced in (True, False):
+        w = World.load(make_tiny_world(tmp_path / f"tiny{faced}"), backend="onnxruntime", threads=1, block_rule=False,
+                       day_clock=False, life_clock=False, memory_fill=False, tile_hold=False, faced_rule=faced)
+        exact_codec(w.backend)
+        z = w.backend.encode(f[t][None])[None]
+        real_dit = w.backend.dit
+        w.backend.dit = lambda x, tt, aa, *rest: (z.copy(), *real_dit(x, tt, aa, *rest)[1:])
+        sess = w.new_session(f[t - 7:t + 1], [int(x) for x in a[t - 7:t]] + [None], seed=0)
+        got[faced] = sess.step("place_table")
+        if faced:
+            assert sess._state.extra["facing"] == [fx, fy]
+            sess.step("move_up")
+            assert sess._state.extra["facing"] == [0, -1]
+    lit = frame_lighting(f[t])
+    assert read_view_tiles(got[True], np.array([r * 9 + c]), lit)[0] == TABLE
+    wood = INVENTORY_ITEMS.index("wood")
+    inv = get_classifier(72).read_inventory(f[t])
+    assert get_classifier(72).read_inventory(got[True])[wood] == inv[wood] - 2
+    np.testing.assert_array_equal(got[False], f[t])

@@ -323,3 +323,27 @@ def sample_memory(poses: np.ndarray, start: int, clip_len: int, slots: int, wind
     cells = needed_cells(poses[start:start + clip_len], poses[limit:start])
     pick = retrieve(poses[bank], bank, cells, slots, min_owned)
     return bank[pick]
+
+
+_SPRITE_FACING = {"player-left": (-1, 0), "player-right": (1, 0), "player-up": (0, -1), "player-down": (0, 1)}
+
+
+def read_facing(frame: np.ndarray, lighting: tuple[float, bool] | None = None) -> tuple[int, int] | None:
+    """The way the player faces (dx, dy), read from its sprite at the view's centre of a frame uint8 (S,S,3) by
+    the nearest-texture model; None where it shows no facing sprite (asleep) or the frame cannot be read."""
+    try:
+        from worldsim.eval.tiles import get_classifier
+
+        frame = np.asarray(frame)
+        clf = get_classifier(int(frame.shape[0]))
+        lighting = frame_lighting(frame) if lighting is None else lighting
+        if lighting is None or lighting[1]:
+            return None
+        tile = np.array([PLAYER_ROW * VIEW_COLS + PLAYER_COL])
+        day, sleep = np.array([lighting[0]], np.float32), np.array([False])
+        obs = clf.view_tiles(frame[None])[:, tile]
+        dist = clf._day_distances(obs, day, sleep) if day[0] >= 0.5 else clf._gaussian_distances(obs, day, sleep, tile)
+        best = int((dist[0] + clf._penalty[tile]).argmin(-1)[0])
+        return _SPRITE_FACING.get(clf.templates[best].sprite)
+    except (ImportError, ValueError, AttributeError, IndexError):
+        return None

@@ -34,7 +34,7 @@ import numpy as np
 from worldsim.actions import ACTION_NAMES
 from worldsim.eval import metrics as M
 from worldsim.eval.reader import reading_with
-from worldsim.eval.tiles import (ARROW, COAL, COW, DIAMOND, IRON, PATH, PLAYER, PLAYER_COL, PLAYER_ROW, SEMANTIC_NAMES, SKELETON, STONE,
+from worldsim.eval.tiles import (ARROW, COAL, COW, DIAMOND, IRON, PATH, PLAYER, PLAYER_COL, PLAYER_ROW, SAND, SEMANTIC_NAMES, SKELETON, STONE,
                                  VIEW_COLS, VIEW_ROWS, ZOMBIE, get_classifier)
 
 EVAL_SEEDS_START = 1_000_000       # held-out env seeds (worldsim.data.format.EVAL_SEEDS_START)
@@ -205,6 +205,9 @@ def _rates(tally: M.Tally, names: Sequence[str]) -> dict[str, float | None]:
 
 
 TILE_KEYS = ("tile_all", "tile_non_grass", "tile_persistent", "tile_changed", "tile_new")
+# rollouts also score persistent tiles in the world's own walk (own_walk_persistent) and how often that walk is
+# still the real one
+OWN_KEYS = ("tile_persistent_own", "tile_persistent_own_non_grass", "walk_aligned")
 # rollout tile scores also split by the real game's frame: the player awake by day, or night/asleep (a sleeping
 # player's view is dark and still, which copy-last gets right for free); "asleep" is the sleeping part of the latter
 DAY_SPLIT = ("tile_non_grass", "tile_persistent")
@@ -285,6 +288,64 @@ def _starts(episodes: Sequence[Episode], count: int, k: int, length: int, seed: 
     return sorted(pool[i] for i in idx)
 
 
+_TERRAIN_ACTIONS = frozenset(ACTION_NAMES.index(a) for a in ("do", "place_stone", "place_table", "place_furnace", "place_plant"))
+
+
+def own_walk_persistent(clf: Any, ep: Episode, s: int, k: int, pred: np.ndarray, pred_labels: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Persistent tiles in the world's own walk: where the context showed a static material that the real game
+    never changed, does the world still show it at the cell its own walk puts there? pred uint8 (L,S,S,3) and
+    its tile labels (L,7,9) continue the real context ending at frame ``s`` -> (scored (L,7,9), right (L,7,9),
+    walk aligned with the real walk (L,), the class each cell should show (L,7,9)).
+
+    The plain persistent score compares with the real frame at the real position: once the world's walk leaves
+    the real one (a move blocked by terrain the context never showed, a creature's other step) every tile is
+    misplaced, however well the world keeps its scene. Here the walk is read from the world's frames (as in
+    ``revisits_own``); cells beside the world's player after a do/place action are not scored (its own changes),
+    nor cells whose real material changed during the rollout, nor ground that a creature the world drew stands on."""
+    from worldsim.memory import track_poses
+
+    L = len(pred)
+    ctx = slice(s - k + 1, s + 1)
+    ctx_read = clf.classify(ep.frames[ctx], ep.daylight[ctx], ep.sleeping[ctx]).labels
+    acts = ep.actions[s:s + L + 1]
+    walk = track_poses(np.concatenate([ep.frames[s:s + 1], pred]), acts)       # (L+1, 2), 0 at frame s
+    own = ep.pos[s][None].astype(np.int64) + walk[1:]
+    seen = M.last_seen(ctx_read, ep.pos[ctx], own)                                # (L,7,9) read classes
+    ref = M.last_seen(ep.semantic[ctx], ep.pos[ctx], own)                        # the true classes there
+    scored = (seen != M.UNSEEN) & ~M.IS_OBJECT[np.where(seen == M.UNSEEN, 0, seen)] & (seen == ref)
+    # cells whose real material changed by frame j (the real player mined or placed there): not persistent
+    changed: dict[tuple[int, int], int] = {}
+    base = {}
+    cx, cy = M.view_cells(ep.pos[ctx])
+    for t in range(len(cx)):
+        for x, y, c in zip(cx[t].ravel(), cy[t].ravel(), ep.semantic[ctx][t].ravel()):
+            base[(int(x), int(y))] = int(c)
+    rx, ry = M.view_cells(ep.pos[s + 1:s + 1 + L])
+    for j in range(L):
+        sem = ep.semantic[s + 1 + j]
+        for x, y, c in zip(rx[j].ravel(), ry[j].ravel(), sem.ravel()):
+            key = (int(x), int(y))
+            if key not in changed and key in base and c != base[key] and not np.isin(c, _MOVERS):
+                changed[key] = j
+    ox, oy = M.view_cells(own)
+    touched: set[tuple[int, int]] = set()
+    for j in range(L):
+        if int(acts[j]) in _TERRAIN_ACTIONS:   # the action on frame j-1 (j=0: the context's last) made frame j
+            px, py = (int(v) for v in (ep.pos[s] + walk[j]))
+            touched.update({(px + dx, py + dy) for dx, dy in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))})
+        for r in range(VIEW_ROWS):
+            for c in range(VIEW_COLS):
+                if scored[j, r, c]:
+                    key = (int(ox[j, r, c]), int(oy[j, r, c]))
+                    if key in touched or changed.get(key, L) <= j:
+                        scored[j, r, c] = False
+    # a creature (or the player) standing on ground it may walk on hides the cell without contradicting it
+    scored &= ~(np.isin(pred_labels, _MOVERS) & np.isin(seen, (M.GRASS, SAND, PATH)))
+    real = ep.pos[s:s + L + 1].astype(np.int64) - ep.pos[s]
+    return scored, scored & (pred_labels == seen), (walk[1:] == real[1:]).all(-1), seen
+
+
 def rollouts(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress: bool = True,
              label: str = "model") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Open-loop rollouts with the real actions; per-step curves and per-horizon summaries."""
@@ -296,7 +357,7 @@ def rollouts(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
     clf = get_classifier(S[0])
     names = ("psnr", "ssim", "unexplained", "lighting_match")
     sums = {n: np.zeros(L) for n in names}
-    keys = TILE_KEYS + tuple(f"{n}_{part}" for n in DAY_SPLIT for part in DAY_PARTS)
+    keys = TILE_KEYS + tuple(f"{n}_{part}" for n in DAY_SPLIT for part in DAY_PARTS) + OWN_KEYS
     hits = {n: np.zeros(L) for n in keys}
     counts = {n: np.zeros(L) for n in keys}
     split = {n: np.zeros(L) for n in ("psnr_day", "ssim_day", "n_day", "psnr_night", "ssim_night", "n_night")}
@@ -333,6 +394,12 @@ def rollouts(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
             split["n_" + part] += m
         sums["unexplained"] += reading.unexplained.mean((-2, -1))
         sums["lighting_match"] += match
+        scored, right_own, aligned, kept = own_walk_persistent(clf, ep, s, k, pred, reading.labels)
+        for name, m in (("tile_persistent_own", scored), ("tile_persistent_own_non_grass", scored & (kept != M.GRASS))):
+            hits[name] += (right_own & m).sum((-2, -1))
+            counts[name] += m.sum((-2, -1))
+        hits["walk_aligned"] += aligned
+        counts["walk_aligned"] += 1
         if i == 0:
             samples = {"pred": pred, "true": true, "context_last": ep.frames[s], "episode": np.array(e), "start": np.array(s)}
     bar.close()

@@ -333,11 +333,18 @@ def markdown(report: Mapping[str, Any]) -> str:
                            ("tiles: persistent, night or asleep", "tile_persistent_night"),
                            ("tiles: persistent, asleep", "tile_persistent_asleep"),
                            ("tiles: changed", "tile_changed"), ("tiles: new", "tile_new"),
+                           ("tiles: persistent in the world's own walk", "tile_persistent_own"),
+                           ("tiles: persistent non-grass in the world's own walk", "tile_persistent_own_non_grass"),
+                           ("frames where the world's walk is the real one", "walk_aligned"),
                            ("unexplained tiles", "unexplained"), ("frames lit as the real game (daylight ±0.03)", "lighting_match")):
-            kind = "dB" if key.startswith("psnr") else ("%" if key.startswith(("tile", "unexpl", "lighting")) else "")
+            kind = "dB" if key.startswith("psnr") else ("%" if key.startswith(("tile", "unexpl", "lighting", "walk")) else "")
             cells = [f"{_fmt(m['horizons'][h].get(key), kind)} | {_fmt(b['horizons'][h].get(key), kind)}" for h in hs]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        lines += [""]
+        lines += ["", "Persistent tiles compare each tile with the real frame at the real position. Once the world's walk "
+                  "leaves the real one (a move blocked by terrain the context never showed, a creature's other step) every "
+                  "tile is misplaced; the rows \"in the world's own walk\" score the same cells where the world's own walk "
+                  "(read from its frames) puts them: whether it keeps its scene, apart from where it walked. A still "
+                  "world (copy-last) keeps its scene too: read them with the moves followed.", ""]
         if m.get("frames_per_s"):
             lines += [f"The world generated {m['frames_per_s']:.1f} frames/s in these rollouts.", ""]
         for png, alt in (("horizon.png", "metrics vs horizon"), ("rollout_samples.png", "sample rollout")):
