@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from worldsim.actions import NULL_ACTION
-from worldsim.eval.tiles import ARROW, COW, PLAYER, SKELETON, ZOMBIE
+from worldsim.eval.tiles import ARROW, COW, FURNACE, GRASS, PLANT, PLAYER, SKELETON, TABLE, ZOMBIE
 from worldsim.memory import (DEFAULT_CELL, HALF_X, HALF_Y, VIEW_COLS, VIEW_ROWS, memory_shift, move_delta, needed_cells,
                              retrieve)
 
@@ -674,3 +674,51 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m engine.memory", description="measure the memory's pose estimation and fps cost")
     add_arguments(parser)
     raise SystemExit(run(parser.parse_args()))
+
+
+# Crafter's world generator (crafter/worldgen.py) draws only these materials; tables, furnaces and plants exist
+# only where the player placed them, and the player saw every one it placed
+NATURAL = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)  # water, grass, stone, path, sand, tree, lava, coal, iron, diamond
+PLACED_ONLY = (TABLE, FURNACE, PLANT)
+
+
+def natural_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_pose: np.ndarray, pose: np.ndarray,
+                      light: float | None, encode) -> tuple[np.ndarray, int]:
+    """The cells a move uncovered that the tile map never saw and the model drew as a table, a furnace or a plant
+    (only the player places those, and it saw each one) are drawn as the likeliest natural material instead (the
+    world's tile reader over those classes, else grass), the game's texture lit at the frame's light and encoded
+    with ``encode`` (uint8 (1,S,S,3) -> (1,C,g,g)): -> (latent (C,g,g), tiles redrawn). Why: in open loop a row of
+    tables the model drew on new ground blocked the walk where the game's player walked on (session 11)."""
+    from engine.rules import light_tiles
+    from worldsim.eval.reader import active_reader
+    from worldsim.memory import read_view_tiles
+
+    pose, prev_pose = np.asarray(pose, np.int64).reshape(2), np.asarray(prev_pose, np.int64).reshape(2)
+    if light is None or not np.isfinite(light) or (pose == prev_pose).all():
+        return latent, 0
+    cells = needed_cells(pose[None], prev_pose[None]).astype(np.int64)
+    cells = cells[tiles.lookup(cells) < 0] if len(tiles) else cells
+    if not len(cells):
+        return latent, 0
+    r, c = cells[:, 1] - pose[1] + HALF_Y, cells[:, 0] - pose[0] + HALF_X
+    idx = r * VIEW_COLS + c
+    here = read_view_tiles(frame, idx, (float(light), False))
+    if here is None:
+        return latent, 0
+    bad = np.isin(here, PLACED_ONLY)
+    if not bad.any():
+        return latent, 0
+    reader = active_reader(int(frame.shape[0]))
+    instead = (reader.read_tiles(frame, idx[bad], float(light), False, allowed=NATURAL) if reader is not None
+               else np.full(int(bad.sum()), GRASS, np.int64))
+    textures = [_texture(frame.shape[0], int(k)) for k in instead]
+    if any(t is None for t in textures):
+        return latent, 0
+    u = frame.shape[0] // latent.shape[-1]
+    canvas = np.array(frame, copy=True)
+    for (i, j), px in zip(zip(r[bad], c[bad]), light_tiles(textures, float(light), np.stack([r[bad], c[bad]], 1))):
+        canvas[i * u:(i + 1) * u, j * u:(j + 1) * u] = px
+    z = encode(canvas[None])[0]
+    out = np.array(latent, np.float32, copy=True)
+    out[:, r[bad], c[bad]] = z[:, r[bad], c[bad]]
+    return out, int(bad.sum())

@@ -27,7 +27,8 @@ from engine.backends import (BACKENDS, BackendUnavailable, OrtBackend, TorchBack
 from engine.cache import RingKVCache
 from engine.rules import (DAY_CLOCK_TOLERANCE, DO, ENERGY_MAX, PLACE_RULES, advance_life, enforce_blocked_move, faced_tile, fit_clock, fit_life,
                           hold_tiles, read_energy, draw_energy, energy_slot, relight, rendered_awake_view, sleeping_view, warm_start)
-from engine.memory import DARK, MemoryBank, MemoryConfig, MemoryKV, fill_uncovered, memory_slots, predicted_poses, slot_shift
+from engine.memory import (DARK, MemoryBank, MemoryConfig, MemoryKV, fill_uncovered, memory_slots, natural_uncovered, predicted_poses,
+                           slot_shift)
 from worldsim.actions import ACTION_NAMES, MOVES, NULL_ACTION, action_index
 from worldsim.diffusion import FlowSampler
 from worldsim.io import atomic_path, read_json
@@ -657,7 +658,9 @@ class Session:
         st.latent = x0[0, -1].copy()
         timings = {"denoise_ms": (t1 - t0) * 1e3, "commit_ms": commit_s * 1e3, "decode_ms": (t_fin - t1) * 1e3,
                    "total_ms": (t2 - t0) * 1e3, "rule_fixes": found.get("rule_fixes", 0), "relit": found.get("relit", 0),
-                   "woken": found.get("woken", 0), "asleep_drawn": found.get("asleep_drawn", 0), "held": found.get("held", 0)}
+                   "woken": found.get("woken", 0), "asleep_drawn": found.get("asleep_drawn", 0), "held": found.get("held", 0),
+                   "faced_done": found.get("faced_done", 0), "faced_refused": found.get("faced_refused", 0),
+                   "invented": found.get("invented", 0)}
         return frames, x0[0], timings
 
     # -- memory (preset.memory > 0) -------------------------------------------------------------------
@@ -744,7 +747,7 @@ class Session:
         # the last frame's lighting as the hold read it (state: a restored session reads the same), else read here
         prev_lit = (st.extra.get("hold_lit") or frame_lighting(prev)) if hold else None
         pose = bank.current_pose if bank is not None else np.zeros(2, np.int64)
-        fixes = filled = held = relit = woken = drawn = done = refused = 0
+        fixes = filled = held = relit = woken = drawn = done = refused = invented = 0
         for i, a in enumerate(acts):
             walkable = target_walkable(prev, a, frames[i]) if (rule or bank is not None or hold) else None
             if rule:
@@ -794,7 +797,9 @@ class Session:
                         view = read_view_tiles(frames[i], np.arange(VIEW_ROWS * VIEW_COLS), lit) if light is not None and light < DARK else None
                         z, n = fill_uncovered(bank.tiles, z, frames[i], pose, new_pose, light,
                                               bank.cfg.fill_light_tol, w.backend.encode, w.backend.decode, view, a)
-                        filled, changed = filled + n, changed + n
+                        # of the cells the map never saw: no table, furnace or plant the player did not place
+                        z, m = natural_uncovered(bank.tiles, z, frames[i], pose, new_pose, light, w.backend.encode)
+                        filled, changed, invented = filled + n, changed + n + m, invented + m
                     pose = poses[i] = new_pose
                 labels = None
                 if hold:
@@ -818,7 +823,7 @@ class Session:
         if hold:
             st.extra["hold_lit"] = None if lit is None else [float(lit[0]), bool(lit[1])]
         found.update(poses=poses, lights=lights, filled=filled, held=held, rule_fixes=fixes, relit=relit, woken=woken, asleep_drawn=drawn,
-                     faced_done=done, faced_refused=refused)
+                     faced_done=done, faced_refused=refused, invented=invented)
         return out, frames
 
     def _life_step(self, action: int, z: np.ndarray, frame: np.ndarray, lit: tuple[float, bool] | None,

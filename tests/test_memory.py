@@ -266,6 +266,40 @@ def test_fill_replaces_a_creature_drawn_over_a_remembered_stone(monkeypatch):
         assert (z[:, 3, 8] == model[:, 3, 8]).all() == (remembered == GRASS)
 
 
+def test_no_table_furnace_or_plant_on_ground_the_session_never_saw(monkeypatch):
+    """Crafter's generator makes none: the model's table on a newly uncovered cell the map never saw becomes the
+    likeliest natural material (grass without a reader), drawn from the game's texture and encoded; a table on a
+    cell the map saw, or a tree on new ground, stays the model's."""
+    from engine.memory import TileMap, natural_uncovered
+    from worldsim.eval.tiles import GRASS, TABLE, TREE, get_classifier
+
+    drawn = {3 * 9 + 8: TABLE, 4 * 9 + 8: TREE, 2 * 9 + 0: TABLE}   # new column x = 2 (rows 3, 4); row 2 of x = -6
+    monkeypatch.setattr("worldsim.memory.read_view_tiles",
+                        lambda frame, tiles, lighting=None: np.array([drawn.get(int(t), GRASS) for t in np.asarray(tiles)]))
+    tiles = TileMap(4096)
+    tiles.observe(_world_view((-3, 0)), np.array([-3, 0]), 0, 0.9, np.full((7, 9), GRASS))   # saw x = -7..1
+    canvases = []
+
+    def encode(frames):
+        canvases.append(frames[0].copy())
+        return np.full((1,) + LATENT, 7.0, np.float32)
+
+    model = np.full(LATENT, -1.0, np.float32)
+    z, n = natural_uncovered(tiles, model, np.full((72, 72, 3), 1, np.uint8), np.array([-3, 0]), np.array([-2, 0]), 0.9, encode)
+    assert n == 1 and len(canvases) == 1
+    assert (z[:, 3, 8] == 7.0).all() and (np.delete(z.reshape(len(z), -1), 3 * 9 + 8, 1) == -1).all()
+    clf = get_classifier(72)
+    grass = clf.atlas[np.flatnonzero(clf.template_labels == GRASS)[0]]
+    from engine.rules import light_tiles
+
+    np.testing.assert_array_equal(canvases[0][24:32, 64:72], light_tiles([grass], 0.9, np.array([[3, 8]]))[0])
+    # the map saw every cell: nothing; no move, or unknown light: nothing
+    tiles.observe(_world_view((0, 0)), np.array([0, 0]), 1, 0.9, np.full((7, 9), GRASS))
+    for prev, light in (((-3, 0), 0.9), ((-2, 0), 0.9), ((-3, 0), None)):
+        z, n = natural_uncovered(tiles, model, np.full((72, 72, 3), 1, np.uint8), np.array(prev), np.array([-2, 0]), light, encode)
+        assert n == 0 and np.array_equal(z, model)
+
+
 def test_fill_draws_a_tile_seen_in_deep_night_from_the_games_texture(monkeypatch):
     """A cell last seen in deep night (too little of its colours is left to light again) is filled, in a day frame,
     with the game's texture of the class it was read as, lit as the game lights it there."""

@@ -55,6 +55,21 @@ def test_shipped_reader_reads_round_trips_where_the_texture_model_fails(shipped,
     assert mine["all"] > theirs["all"]
 
 
+def test_read_tiles_agrees_with_read_and_keeps_to_allowed_classes(shipped, held):
+    """read_tiles reads the tiles asked for as read() does; with ``allowed`` it gives the likeliest of those."""
+    _, _, reader = shipped
+    i = 10
+    frame, day, sleep = held["frames"][i], float(held["daylight"][i]), bool(held["sleeping"][i])
+    full = reader.read(frame[None], np.array([day]), np.array([sleep]))[0].reshape(-1)
+    tiles = np.array([0, 13, 31, 62])
+    np.testing.assert_array_equal(reader.read_tiles(frame, tiles, day, sleep), full[tiles])
+    allowed = [T.TREE, T.WATER]
+    got = reader.read_tiles(frame, np.arange(63), day, sleep, allowed=allowed)
+    assert set(got.tolist()) <= set(allowed)
+    logits = reader.logits(frame[None], np.array([day]), np.array([sleep]))[0].reshape(63, -1)
+    np.testing.assert_array_equal(got, np.array(allowed)[logits[:, allowed].argmax(-1)])
+
+
 def test_a_tiny_reader_learns_from_round_trips(shipped, held):
     _, ae, _ = shipped
     reader = R.train_reader(ae, R.reader_config("tiny"), [600_000, 600_001, 600_002], steps=600, episode_steps=150, log=lambda s: None)

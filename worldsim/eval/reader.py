@@ -19,7 +19,7 @@ import contextlib
 import contextvars
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,13 +128,20 @@ class TileReader:
         """uint8 (N, 7, 9) labels of frames uint8 (N,S,S,3)."""
         return self.logits(frames, daylight, sleeping).argmax(-1).astype(np.uint8)
 
-    def read_tiles(self, frame: np.ndarray, tiles: np.ndarray, daylight: float, sleeping: bool) -> np.ndarray:
-        """int64 (n,) labels of view tiles ``tiles`` (n,) (row * 9 + column) of one frame uint8 (S,S,3)."""
+    def read_tiles(self, frame: np.ndarray, tiles: np.ndarray, daylight: float, sleeping: bool,
+                   allowed: Sequence[int] | None = None) -> np.ndarray:
+        """int64 (n,) labels of view tiles ``tiles`` (n,) (row * 9 + column) of one frame uint8 (S,S,3); given
+        ``allowed`` (class ids), the likeliest of those."""
         frame = np.asarray(frame)
         if frame.shape != (self.cfg.image_size, self.cfg.image_size, 3):
             raise ValueError(f"this reader reads ({self.cfg.image_size}, {self.cfg.image_size}, 3) frames, got {frame.shape}")
         feats = tile_features(frame[None], np.array([daylight]), np.array([sleeping]))[0]
-        return self._forward(feats[np.asarray(tiles, np.int64)]).argmax(-1).astype(np.int64)   # only the tiles asked for
+        logits = self._forward(feats[np.asarray(tiles, np.int64)])   # only the tiles asked for
+        if allowed is not None:
+            keep = np.zeros(NUM_CLASSES, bool)
+            keep[list(allowed)] = True
+            logits = np.where(keep, logits, -np.inf)
+        return logits.argmax(-1).astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------------
