@@ -63,6 +63,7 @@ class RuntimePreset:
     life_clock: bool = True  # Crafter's energy counter (fitted to the context): no sleep at full energy, a sleeper wakes when full (engine.rules)
     sleep_view: bool = True  # with the life clock: a sleeper's frame is drawn as the game draws it, from its last awake frame (engine.rules)
     tile_hold: bool = True  # tiles Crafter could not have changed (materials away from the player's hands, creatures' steps) are put back (engine.rules)
+    natural_ground: bool = True  # with the fill: no table, furnace or plant on ground the session never saw (engine.memory)
     faced_rule: bool = True  # Crafter's rule for the faced tile: a place action or mining that the game allows shows its block and inventory (engine.rules)
     warm: float = 0.0  # in (0, 1): denoise from this level, starting at the previous frame moved as the action moves the view
 
@@ -798,7 +799,8 @@ class Session:
                         z, n = fill_uncovered(bank.tiles, z, frames[i], pose, new_pose, light,
                                               bank.cfg.fill_light_tol, w.backend.encode, w.backend.decode, view, a)
                         # of the cells the map never saw: no table, furnace or plant the player did not place
-                        z, m = natural_uncovered(bank.tiles, z, frames[i], pose, new_pose, light, w.backend.encode)
+                        z, m = (natural_uncovered(bank.tiles, z, frames[i], pose, new_pose, light, w.backend.encode)
+                                if w.preset.natural_ground else (z, 0))
                         filled, changed, invented = filled + n, changed + n + m, invented + m
                     pose = poses[i] = new_pose
                 labels = None

@@ -3,7 +3,10 @@
 1. ``one_step``: real context, one action, compare the next frame (pixels, tiles, action following,
    inventory).
 2. ``rollouts``: open-loop rollouts of up to ``rollout_len`` frames from real context with the real
-   actions; metrics per horizon step, summarised over the first 16 / 64 / 256 frames.
+   actions; metrics per horizon step, summarised over the first 16 / 64 / 256 frames. Persistent tiles are
+   also scored in the world's own walk (``own_walk_persistent``: once a walk parts from the real one, at
+   ground the context never showed or a creature's other step, every tile is misplaced) next to the share
+   of frames whose walk is the real one.
 3. ``revisits``: the recorder's A -> B -> A events: context ends when the block is placed at A, the
    world plays the real actions until the player stands beside A again: is the block still there,
    and does the area around A look as it did?
