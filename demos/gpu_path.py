@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
 
         # rules, warm start and fill off: the CUDA-graph path (they read frames on the host between the passes, so with
         # them on the tensorrt backend steps through the generic path, one engine call per pass)
-        bare = dict(block_rule=False, day_clock=False, life_clock=False, warm=0.0, memory_fill=False)
+        from engine.world import MODEL_ONLY
+
+        bare = dict(MODEL_ONLY)
         trt_world = World.load(out, backend="tensorrt", preset="fast", **bare)
         ort_world = World.load(out, backend="onnxruntime", preset="fast", **bare)
         # parity against onnxruntime (CPU, float32 graphs): the same seeds and actions, free rollouts

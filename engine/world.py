@@ -74,6 +74,12 @@ class RuntimePreset:
         return self.block_rule or self.day_clock or self.life_clock or self.tile_hold or self.faced_rule or self.warm > 0
 
 
+# every preset field that reads frames on the host between the passes (the game's rules, the warm start, the fill), off:
+# the model alone, and the only presets a device path that keeps the whole step on the accelerator can serve
+MODEL_ONLY: dict[str, Any] = {"block_rule": False, "day_clock": False, "life_clock": False, "tile_hold": False,
+                              "faced_rule": False, "warm": 0.0, "memory_fill": False}
+
+
 # Windows are capped by what the world was trained on (world.json max_window: 15 for the shipped world). A
 # longer window than training saw ran (time is relative) but fell apart in free play (measured at 31).
 # `fast` keeps 8 of the 15: same quick-eval quality as 15 on the shipped world, 34 vs 23 fps on one thread.

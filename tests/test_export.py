@@ -464,8 +464,10 @@ def test_tensorrt_device_path_matches_the_session(tiny, tmp_path, preset):
 
     paths = export_trt_onnx(load_autoencoder(tiny / "autoencoder.safetensors"), load_dit(tiny / "dit.safetensors"), tmp_path, "fp32")
     # the device path is the rule-free one (the rules and the warm start read frames on the host)
-    ref = World.load(tiny, backend="onnxruntime", preset=preset, threads=1, block_rule=False, day_clock=False, life_clock=False, tile_hold=False,
-                     warm=0.0, memory_fill=False)
+    from engine.world import MODEL_ONLY
+
+    ref = World.load(tiny, backend="onnxruntime", preset=preset, threads=1, **MODEL_ONLY)
+    assert not ref.preset.reads_frames
     ref.backend.static.clear()  # the stand-in engines run the dynamic-shape graph: compare like with like, bit for bit
     W = ref.preset.window
     engines = {("dit", 1, 1, W): _StandInEngine(paths["dit"]), ("decoder", 1): _StandInEngine(paths["decoder"])}
