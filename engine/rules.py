@@ -40,6 +40,11 @@ model continues from the corrected frame (Session._finish):
   the new one (the nearest-texture classifier, ~0.5 ms a frame) and puts the previous frame's token back where
   the game could not have made the change (one token per tile: it moves with the view unchanged). The player's
   tile and, for an action that can change terrain, the four tiles around it are left to the model.
+- **The faced tile** (``faced_rule``). A place action the game allows (the faced ground takes the block, the
+  inventory holds what it uses) puts the block there and takes the items; `do` on a mineral with the tool it needs
+  leaves path and gives the mineral; a change the game refuses does not happen (``faced_tile``). The model forgot
+  to draw a placed table, and in open loop the player then walked where the game's was blocked (session 11). The
+  facing is read from the player's sprite once, then follows the move actions as Crafter turns the player.
 """
 
 from __future__ import annotations

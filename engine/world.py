@@ -737,7 +737,8 @@ class Session:
         (preset.block_rule: a move onto a tile the player cannot enter only turns it), the day clock
         (preset.day_clock: a frame lit otherwise than the game's clock says is relit; both engine.rules), and
         with a memory bank the pose of the new frame and the fill of the tiles its move uncovered. Reports
-        rule_fixes, relit, held (preset.tile_hold: tiles put back, engine.rules.hold_tiles) and, with
+        rule_fixes, relit, held (preset.tile_hold: tiles put back, engine.rules.hold_tiles), faced_done /
+        faced_refused (preset.faced_rule: engine.rules.faced_tile), invented (natural ground) and, with
         memory, poses, lights and filled into ``found``.
         """
         w, st = self.world, self._state
@@ -788,7 +789,7 @@ class Session:
                     if kind is not None:
                         out[0, i], frames[i] = z, px
                         done, refused = done + (kind == "done"), refused + (kind == "refused")
-                elif a in MOVE_DIRECTIONS:
+                elif a in MOVE_DIRECTIONS and not (lit is not None and lit[1]):   # a sleeper's moves are ignored
                     st.extra["facing"] = list(MOVE_DIRECTIONS[a])
             if bank is not None or hold:
                 move = self._move(prev, frames[i], a, walkable)
