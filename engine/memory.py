@@ -37,7 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from worldsim.actions import NULL_ACTION
-from worldsim.eval.tiles import ARROW, COW, FURNACE, GRASS, PLANT, PLAYER, SKELETON, TABLE, ZOMBIE
+from worldsim.eval.tiles import (ARROW, COAL, COW, DIAMOND, FURNACE, GRASS, IRON, LAVA, PATH, PLANT, PLAYER, SAND, SKELETON, STONE, TABLE,
+                                 TREE, WATER, ZOMBIE)
 from worldsim.memory import (DEFAULT_CELL, HALF_X, HALF_Y, VIEW_COLS, VIEW_ROWS, memory_shift, move_delta, needed_cells,
                              retrieve)
 
@@ -446,7 +447,7 @@ def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_p
     frame, can change them; None: it can), the cells it shows as another class than a brighter view recorded (deep in the night the model's tiles drift, and nothing but the player
     changes terrain).
     """
-    from engine.rules import light_tiles
+    from engine.rules import paint_tiles
     from worldsim.memory import read_view_tiles
 
     pose, prev_pose = np.asarray(pose, np.int64).reshape(2), np.asarray(prev_pose, np.int64).reshape(2)
@@ -501,14 +502,10 @@ def fill_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_p
     out = np.array(latent, np.float32, copy=True)
     out[:, r[near], c[near]] = tiles.token[rows[near]].T
     if far.any():
-        u = frame.shape[0] // latent.shape[-1]
         # drawn from the game's texture of the class it was read as, not by unlighting the model's pixels: those
         # are smooth where the game's night is noisy and, seen in deep night, keep too little of the tile to light
         # again (measured: `fast` revisits 84.0% -> 94.2%, `quality` 59.9% -> 86.2%)
-        relit = light_tiles([textures[int(j)] for j in np.flatnonzero(far)], float(light), np.stack([r[far], c[far]], 1))
-        canvas = np.array(frame, copy=True)
-        for (i, j), px in zip(zip(r[far], c[far]), relit):
-            canvas[i * u:(i + 1) * u, j * u:(j + 1) * u] = px
+        canvas = paint_tiles(frame, [textures[int(j)] for j in np.flatnonzero(far)], float(light), np.stack([r[far], c[far]], 1))
         z = encode(canvas[None])[0]  # one token is one tile: the relit tiles' tokens, read off the whole frame
         tok = z[:, r[far], c[far]]
         if decode is not None:
@@ -678,7 +675,7 @@ if __name__ == "__main__":
 
 # Crafter's world generator (crafter/worldgen.py) draws only these materials; tables, furnaces and plants exist
 # only where the player placed them, and the player saw every one it placed
-NATURAL = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)  # water, grass, stone, path, sand, tree, lava, coal, iron, diamond
+NATURAL = (WATER, GRASS, STONE, PATH, SAND, TREE, LAVA, COAL, IRON, DIAMOND)
 PLACED_ONLY = (TABLE, FURNACE, PLANT)
 
 
@@ -689,7 +686,7 @@ def natural_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, pre
     world's tile reader over those classes, else grass), the game's texture lit at the frame's light and encoded
     with ``encode`` (uint8 (1,S,S,3) -> (1,C,g,g)): -> (latent (C,g,g), tiles redrawn). Why: in open loop a row of
     tables the model drew on new ground blocked the walk where the game's player walked on (session 11)."""
-    from engine.rules import light_tiles
+    from engine.rules import paint_tiles
     from worldsim.eval.reader import active_reader
     from worldsim.memory import read_view_tiles
 
@@ -714,11 +711,7 @@ def natural_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, pre
     textures = [_texture(frame.shape[0], int(k)) for k in instead]
     if any(t is None for t in textures):
         return latent, 0
-    u = frame.shape[0] // latent.shape[-1]
-    canvas = np.array(frame, copy=True)
-    for (i, j), px in zip(zip(r[bad], c[bad]), light_tiles(textures, float(light), np.stack([r[bad], c[bad]], 1))):
-        canvas[i * u:(i + 1) * u, j * u:(j + 1) * u] = px
-    z = encode(canvas[None])[0]
+    z = encode(paint_tiles(frame, textures, float(light), np.stack([r[bad], c[bad]], 1))[None])[0]
     out = np.array(latent, np.float32, copy=True)
     out[:, r[bad], c[bad]] = z[:, r[bad], c[bad]]
     return out, int(bad.sum())

@@ -325,14 +325,12 @@ def faced_tile(prev_frame: np.ndarray, prev_latent: np.ndarray, frame: np.ndarra
         return latent, frame, None
     from engine.memory import _texture
 
-    canvas = np.array(frame, copy=True)
-    tiles = []
+    canvas, tiles = frame, []
     if now != block:
         tex = _texture(int(frame.shape[0]), block)
         if tex is None:
             return latent, frame, None
-        u = frame.shape[0] // latent.shape[-1]
-        canvas[r0 * u:(r0 + 1) * u, c0 * u:(c0 + 1) * u] = light_tiles([tex], float(lit[0]), np.array([[r0, c0]]))[0]
+        canvas = paint_tiles(frame, [tex], float(lit[0]), np.array([[r0, c0]]))
         tiles.append((r0, c0))
     for item in slots:
         canvas = clf.draw_inventory_count(canvas, item, after[INVENTORY_ITEMS[item]])
@@ -401,6 +399,16 @@ def light_tiles(textures: Sequence[np.ndarray], daylight: float, at: np.ndarray,
     terms = _light_terms(float(daylight), view[0] * u, view[1] * u)
     return np.stack([_light(np.asarray(tex, np.float64), *(t[r * u:(r + 1) * u, c * u:(c + 1) * u] for t in terms))
                      for tex, (r, c) in zip(textures, at)]) if len(textures) else np.zeros((0, u, u, 3), np.uint8)
+
+
+def paint_tiles(frame: np.ndarray, textures: Sequence[np.ndarray], daylight: float, at: np.ndarray) -> np.ndarray:
+    """A copy of frame uint8 (H,W,3) with the game's textures (m of (u,u,3)) drawn, lit by ``light_tiles``, on view
+    tiles (row, col) ``at`` (m,2)."""
+    canvas = np.array(frame, copy=True)
+    u = frame.shape[1] // VIEW_COLS
+    for (r, c), px in zip(np.asarray(at).reshape(-1, 2), light_tiles(textures, daylight, np.asarray(at).reshape(-1, 2))):
+        canvas[r * u:(r + 1) * u, c * u:(c + 1) * u] = px
+    return canvas
 
 
 def fit_clock(daylights: np.ndarray) -> int | None:

@@ -143,9 +143,9 @@ def parse_preset_options(items: Sequence[str]) -> dict[str, Any]:
 
 def default_world_dir() -> Path:
     """The shipped default world (inside the worldsim package)."""
-    from importlib.resources import files
+    from worldsim.package import shipped_world_dir
 
-    return Path(str(files("worldsim"))) / "worlds" / "crafter"
+    return shipped_world_dir()
 
 
 def _file_digest(path: Path) -> str:
@@ -778,12 +778,12 @@ class Session:
                 st.awake = out[0, i].copy()
                 st.extra["awake_light"] = float(lit[0])
             if faced:
-                # the way the player faces: Crafter turns it with every move action, blocked or not; read from the
-                # sprite of the frame before the session's first own step
-                if st.extra.get("facing") is None:
-                    f = read_facing(prev)
-                    st.extra["facing"] = None if f is None else list(f)
+                # the way the player faces: Crafter turns it with every move action, blocked or not; until the
+                # session's first move, read from the player's sprite when an action needs it
                 if a in PLACE_RULES or a == DO:
+                    if st.extra.get("facing") is None:
+                        f = read_facing(prev)
+                        st.extra["facing"] = None if f is None else list(f)
                     z, px, kind = faced_tile(prev, prev_z, frames[i], out[0, i], a, st.extra["facing"], lit,
                                              w.backend.encode, w.backend.decode)
                     if kind is not None:

@@ -249,12 +249,17 @@ def read_view_tiles(frame: np.ndarray, tiles: np.ndarray, lighting: tuple[float,
         reader = active_reader(int(frame.shape[0]))
         if reader is not None:   # a world's decoded frame, read with the reader trained on its autoencoder
             return reader.read_tiles(frame, tiles, float(lighting[0]), bool(lighting[1]))
-        day, sleep = np.array([lighting[0]], np.float32), np.array([lighting[1]])
-        obs = clf.view_tiles(frame[None])[:, tiles]
-        dist = clf._day_distances(obs, day, sleep) if day[0] >= 0.5 else clf._gaussian_distances(obs, day, sleep, tiles)
-        return clf.template_labels[(dist[0] + clf._penalty[tiles]).argmin(-1)].astype(np.int64)
+        return clf.template_labels[_nearest_templates(clf, frame, tiles, lighting)].astype(np.int64)
     except (ImportError, ValueError, AttributeError, IndexError):  # not a Crafter frame the classifier can read
         return None
+
+
+def _nearest_templates(clf, frame: np.ndarray, tiles: np.ndarray, lighting: tuple[float, bool]) -> np.ndarray:
+    """The texture model's best template (n,) (index into clf.templates) for view tiles ``tiles`` (n,) of a frame."""
+    day, sleep = np.array([lighting[0]], np.float32), np.array([lighting[1]])
+    obs = clf.view_tiles(frame[None])[:, tiles]
+    dist = clf._day_distances(obs, day, sleep) if day[0] >= 0.5 else clf._gaussian_distances(obs, day, sleep, tiles)
+    return (dist[0] + clf._penalty[tiles]).argmin(-1)
 
 
 def target_walkable(frame: np.ndarray, action: int, next_frame: np.ndarray | None = None) -> bool | None:
@@ -325,25 +330,18 @@ def sample_memory(poses: np.ndarray, start: int, clip_len: int, slots: int, wind
     return bank[pick]
 
 
-_SPRITE_FACING = {"player-left": (-1, 0), "player-right": (1, 0), "player-up": (0, -1), "player-down": (0, 1)}
-
-
 def read_facing(frame: np.ndarray, lighting: tuple[float, bool] | None = None) -> tuple[int, int] | None:
     """The way the player faces (dx, dy), read from its sprite at the view's centre of a frame uint8 (S,S,3) by
     the nearest-texture model; None where it shows no facing sprite (asleep) or the frame cannot be read."""
     try:
-        from worldsim.eval.tiles import get_classifier
+        from worldsim.eval.tiles import SPRITE_FACING, get_classifier
 
         frame = np.asarray(frame)
         clf = get_classifier(int(frame.shape[0]))
         lighting = frame_lighting(frame) if lighting is None else lighting
         if lighting is None or lighting[1]:
             return None
-        tile = np.array([PLAYER_ROW * VIEW_COLS + PLAYER_COL])
-        day, sleep = np.array([lighting[0]], np.float32), np.array([False])
-        obs = clf.view_tiles(frame[None])[:, tile]
-        dist = clf._day_distances(obs, day, sleep) if day[0] >= 0.5 else clf._gaussian_distances(obs, day, sleep, tile)
-        best = int((dist[0] + clf._penalty[tile]).argmin(-1)[0])
-        return _SPRITE_FACING.get(clf.templates[best].sprite)
+        best = int(_nearest_templates(clf, frame, np.array([PLAYER_ROW * VIEW_COLS + PLAYER_COL]), lighting)[0])
+        return SPRITE_FACING.get(clf.templates[best].sprite)
     except (ImportError, ValueError, AttributeError, IndexError):
         return None

@@ -19,6 +19,11 @@ from worldsim.checkpoint import load_checkpoint, save_checkpoint
 from worldsim.io import atomic_path, atomic_write_json
 
 
+def shipped_world_dir() -> Path:
+    """The shipped default world (inside the worldsim package)."""
+    return Path(__file__).resolve().parent / "worlds" / "crafter"
+
+
 def _strip_to_ema(src: Path, dst: Path, kind: str) -> dict:
     """Copy a checkpoint keeping only the shipped (EMA) weights and the config; -> its meta."""
     from worldsim.train import model_tensors

@@ -75,8 +75,9 @@ def _autoencoded_world(episodes) -> tuple[Any, dict[str, Any]]:
     from worldsim.eval.reference import AutoencodedGameWorld
     from worldsim.train import load_autoencoder
 
-    # the shipped world (engine.world.default_world_dir; worldsim imports nothing from the engine)
-    world = Path(__file__).resolve().parents[1] / "worlds" / "crafter"
+    from worldsim.package import shipped_world_dir
+
+    world = shipped_world_dir()
     manifest = json.loads((world / "world.json").read_text())
     ae_path = world / manifest["autoencoder"]
     reader = load_reader(world / manifest["reader"], autoencoder=ae_path) if manifest.get("reader") else None

@@ -37,12 +37,11 @@ import numpy as np
 from worldsim.actions import ACTION_NAMES
 from worldsim.eval import metrics as M
 from worldsim.eval.reader import reading_with
-from worldsim.eval.tiles import (ARROW, COAL, COW, DIAMOND, IRON, PATH, PLAYER, PLAYER_COL, PLAYER_ROW, SAND, SEMANTIC_NAMES, SKELETON, STONE,
+from worldsim.eval.tiles import (ARROW, COAL, COW, DIAMOND, IRON, PATH, PLAYER, PLAYER_COL, PLAYER_ROW, SAND, SEMANTIC_NAMES, SKELETON, SPRITE_FACING, STONE,
                                  VIEW_COLS, VIEW_ROWS, ZOMBIE, get_classifier)
 
 EVAL_SEEDS_START = 1_000_000       # held-out env seeds (worldsim.data.format.EVAL_SEEDS_START)
 LOOKING = 4                         # recorder segment label: standing beside A, facing it
-_FACING_OF_SPRITE = {"player-left": (-1, 0), "player-right": (1, 0), "player-up": (0, -1), "player-down": (0, 1)}
 
 
 @dataclass(frozen=True)
@@ -172,8 +171,8 @@ def _facing_from_templates(clf, template_ids: np.ndarray) -> np.ndarray:
     """(N, 2) facing of the player sprite at the centre tile; (0, 0) when it is not a facing sprite."""
     table = np.zeros((len(clf.templates), 2), np.int64)
     for i, t in enumerate(clf.templates):
-        if t.sprite in _FACING_OF_SPRITE:
-            table[i] = _FACING_OF_SPRITE[t.sprite]
+        if t.sprite in SPRITE_FACING:
+            table[i] = SPRITE_FACING[t.sprite]
     return table[template_ids[..., PLAYER_ROW, PLAYER_COL]]
 
 
@@ -318,31 +317,22 @@ def own_walk_persistent(clf: Any, ep: Episode, s: int, k: int, pred: np.ndarray,
     ref = M.last_seen(ep.semantic[ctx], ep.pos[ctx], own)                        # the true classes there
     scored = (seen != M.UNSEEN) & ~M.IS_OBJECT[np.where(seen == M.UNSEEN, 0, seen)] & (seen == ref)
     # cells whose real material changed by frame j (the real player mined or placed there): not persistent
-    changed: dict[tuple[int, int], int] = {}
-    base = {}
-    cx, cy = M.view_cells(ep.pos[ctx])
-    for t in range(len(cx)):
-        for x, y, c in zip(cx[t].ravel(), cy[t].ravel(), ep.semantic[ctx][t].ravel()):
-            base[(int(x), int(y))] = int(c)
+    sem = ep.semantic[s + 1:s + 1 + L]
+    before = M.last_seen(ep.semantic[ctx], ep.pos[ctx], ep.pos[s + 1:s + 1 + L])   # the context's class there
     rx, ry = M.view_cells(ep.pos[s + 1:s + 1 + L])
-    for j in range(L):
-        sem = ep.semantic[s + 1 + j]
-        for x, y, c in zip(rx[j].ravel(), ry[j].ravel(), sem.ravel()):
-            key = (int(x), int(y))
-            if key not in changed and key in base and c != base[key] and not np.isin(c, _MOVERS):
-                changed[key] = j
+    changed: dict[tuple[int, int], int] = {}
+    for j, r, c in zip(*np.nonzero((before != M.UNSEEN) & (sem != before) & ~np.isin(sem, _MOVERS))):  # j ascending
+        changed.setdefault((int(rx[j, r, c]), int(ry[j, r, c])), int(j))
     ox, oy = M.view_cells(own)
     touched: set[tuple[int, int]] = set()
     for j in range(L):
         if int(acts[j]) in _TERRAIN_ACTIONS:   # the action on frame j-1 (j=0: the context's last) made frame j
             px, py = (int(v) for v in (ep.pos[s] + walk[j]))
             touched.update({(px + dx, py + dy) for dx, dy in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))})
-        for r in range(VIEW_ROWS):
-            for c in range(VIEW_COLS):
-                if scored[j, r, c]:
-                    key = (int(ox[j, r, c]), int(oy[j, r, c]))
-                    if key in touched or changed.get(key, L) <= j:
-                        scored[j, r, c] = False
+        for r, c in zip(*np.nonzero(scored[j])):
+            key = (int(ox[j, r, c]), int(oy[j, r, c]))
+            if key in touched or changed.get(key, L) <= j:
+                scored[j, r, c] = False
     # a creature (or the player) standing on ground it may walk on hides the cell without contradicting it
     scored &= ~(np.isin(pred_labels, _MOVERS) & np.isin(seen, (M.GRASS, SAND, PATH)))
     real = ep.pos[s:s + L + 1].astype(np.int64) - ep.pos[s]

@@ -378,8 +378,9 @@ def run(args) -> int:
     from worldsim.train import load_autoencoder
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    # the shipped world (engine.world.default_world_dir; worldsim imports nothing from the engine)
-    world = Path(args.world) if args.world is not None else Path(__file__).resolve().parents[1] / "worlds" / "crafter"
+    from worldsim.package import shipped_world_dir
+
+    world = Path(args.world) if args.world is not None else shipped_world_dir()
     manifest_path = world / "world.json"
     manifest = json.loads(manifest_path.read_text())
     ae_path = world / manifest["autoencoder"]

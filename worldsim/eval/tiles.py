@@ -83,6 +83,11 @@ def daylight_at(step: int | np.ndarray) -> np.ndarray:
     return 1 - np.abs(np.cos(np.pi * progress)) ** 3
 
 
+# the way the player faces (dx, dy), by its sprite
+SPRITE_FACING: dict[str, tuple[int, int]] = {"player-left": (-1, 0), "player-right": (1, 0), "player-up": (0, -1),
+                                             "player-down": (0, 1)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Template:
     """One tile appearance: a material, optionally with an object sprite drawn over it."""
