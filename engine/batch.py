@@ -78,6 +78,17 @@ class SessionBatch:
                 self._v[:, i] = c.v[:, 0]
                 self._seen[i] = (c, c.frame.copy())
 
+    def _write(self, i: int, st, kk: np.ndarray, vv: np.ndarray, first: int) -> None:
+        """Write frames' keys/values (L,1,H,k*N,dh) into session i's cache and the same slots of the stacked cache."""
+        first_slot = st.cache.next_slot
+        st.cache.write(kk, vv, first)
+        n = st.cache.tokens_per_frame
+        for j in range(kk.shape[3] // n):  # mirror RingKVCache.write into the stacked cache: the same slots in the same order
+            slot = (first_slot + j) % st.cache.slots
+            self._k[:, i, :, slot * n:(slot + 1) * n] = kk[:, 0, :, j * n:(j + 1) * n]
+            self._v[:, i, :, slot * n:(slot + 1) * n] = vv[:, 0, :, j * n:(j + 1) * n]
+        self._seen[i] = (st.cache, st.cache.frame.copy())
+
     def step(self, actions: Sequence) -> list[np.ndarray]:
         """One tick for every session: actions[i] (one action -> uint8 (H,W,3), or k <= chunk actions ->
         uint8 (k,H,W,3)) for sessions[i]; -> their frames, in order."""
@@ -87,8 +98,13 @@ class SessionBatch:
         a, single = _parse_actions(actions, S, w.preset.chunk)
         a = np.array([s._game_actions(a[i].tolist()) for i, s in enumerate(self.sessions)], a.dtype)
         k = a.shape[1]
-        self._sync()
         states = [s._state for s in self.sessions]
+        # fused commits (RuntimePreset.fuse_commit): every session's pending frames ride in the first pass, or none do
+        fuse = w.fuses_commit and all(st.pending is not None and st.pending[1].shape[1] == k for st in states)
+        if not fuse:
+            for s in self.sessions:
+                s._flush_pending()
+        self._sync()
         firsts = [st.frame_index + 1 for st in states]
         t0 = time.perf_counter()
         shape = (1, k, d.latent_channels, d.grid, d.grid)
@@ -102,8 +118,26 @@ class SessionBatch:
         past_valid = np.concatenate([p[1] for p in inputs])
         shift = np.zeros((S, past_t.shape[1], 2), np.float32)
         ts = sampler.timesteps()
+        c = w.preset.ctx_noise
         for t, t_next in zip(ts[:-1], ts[1:]):
-            x0, _, _ = be.dit(x, np.repeat((t * level)[:, None], k, 1), a, self._k, self._v, past_t, past_valid, shift)
+            if fuse:  # Session._fused_first_pass for the whole batch
+                fuse = False
+                pend = [st.pending for st in states]
+                pin = [st.cache.inputs(p[2]) for st, p in zip(states, pend)]
+                kp = pend[0][1].shape[1]
+                sig = np.concatenate([np.full((S, kp), c, np.float32), np.repeat((t * level)[:, None], k, 1).astype(np.float32)], 1)
+                x0, kk, vv = be.dit(np.concatenate([np.concatenate([p[0] for p in pend]), x], 1), sig,
+                                    np.concatenate([np.concatenate([p[1] for p in pend]), a], 1), self._k, self._v,
+                                    np.concatenate([p[0] for p in pin]), np.concatenate([p[1] for p in pin]), shift)
+                n = kp * states[0].cache.tokens_per_frame
+                for i, (st, p) in enumerate(zip(states, pend)):
+                    st.pending = None
+                    self._write(i, st, kk[:, i:i + 1, :, :n], vv[:, i:i + 1, :, :n], p[2])
+                x0 = x0[:, kp:]
+                inputs = [st.cache.inputs(f) for st, f in zip(states, firsts)]
+                past_t, past_valid = np.concatenate([p[0] for p in inputs]), np.concatenate([p[1] for p in inputs])
+            else:
+                x0, _, _ = be.dit(x, np.repeat((t * level)[:, None], k, 1), a, self._k, self._v, past_t, past_valid, shift)
             noise = None
             if sampler.stochastic and t_next > 0:
                 noise = np.concatenate([s._rng.standard_normal(shape, dtype=np.float32) for s in self.sessions])
@@ -117,19 +151,15 @@ class SessionBatch:
         x0 = np.concatenate([z for z, _ in done])
         frames = np.stack([f for _, f in done])  # (S,k,H,W,3)
         t_dec = time.perf_counter()
-        c = w.preset.ctx_noise
         xc = np.concatenate([((1 - c) * x0[i:i + 1] + c * s._rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
                              for i, s in enumerate(self.sessions)])
-        _, kk, vv = be.dit(xc, np.full((S, k), c, np.float32), a, self._k, self._v, past_t, past_valid, shift)
-        for i, (st, f) in enumerate(zip(states, firsts)):
-            first_slot = st.cache.next_slot
-            st.cache.write(kk[:, i:i + 1], vv[:, i:i + 1], f)
-            n = st.cache.tokens_per_frame
-            for j in range(k):  # mirror RingKVCache.write into the stacked cache: the same slots in the same order
-                slot = (first_slot + j) % st.cache.slots
-                self._k[:, i, :, slot * n:(slot + 1) * n] = kk[:, i, :, j * n:(j + 1) * n]
-                self._v[:, i, :, slot * n:(slot + 1) * n] = vv[:, i, :, j * n:(j + 1) * n]
-            self._seen[i] = (st.cache, st.cache.frame.copy())
+        if w.fuses_commit:  # Session._commit with pending frames: they enter the cache in the next tick's first pass
+            for i, (st, f) in enumerate(zip(states, firsts)):
+                st.pending = (xc[i:i + 1].copy(), a[i:i + 1].copy(), f)
+        else:
+            _, kk, vv = be.dit(xc, np.full((S, k), c, np.float32), a, self._k, self._v, past_t, past_valid, shift)
+            for i, (st, f) in enumerate(zip(states, firsts)):
+                self._write(i, st, kk[:, i:i + 1], vv[:, i:i + 1], f)
         t2 = time.perf_counter()
         self.timings = {"denoise_ms": (t1 - t0) * 1e3, "commit_ms": (t2 - t_dec) * 1e3, "decode_ms": (t_dec - t1) * 1e3,
                         "total_ms": (t2 - t0) * 1e3, "sessions": S}

@@ -1,7 +1,8 @@
 """`worldsim bench`: frames/s and per-frame latency of a world, per backend x runtime preset.
 
 For every row it reports fps, p50/p99 latency per frame, the denoise/commit/decode split (from
-``Session.timings``), the model's GFLOP per frame and the achieved GFLOP/s next to a float32 GEMM peak
+``Session.timings``; with fused commits, RuntimePreset.fuse_commit, the commit rides in the first denoising
+pass and counts as denoise), the model's GFLOP per frame and the achieved GFLOP/s next to a float32 GEMM peak
 measured in the same run, and the same weights stepped the naive way (open-oasis: every denoising step
 recomputes the whole window with no cache) with the cached/naive speed ratio.
 
@@ -103,6 +104,10 @@ def frame_gflops(world, naive: bool = False) -> dict[str, float]:
         # one frame at a time; every denoising step runs the window's frames + the new one with no cache
         den = p.steps * dit_flops(d, p.window + 1, 0)
         out = {"denoise": den, "commit": 0.0, "decode": dec}
+    elif world.fuses_commit:
+        # the first pass carries the previous chunk's commit (RuntimePreset.fuse_commit): counted in denoise
+        k, R = p.chunk, p.ring_slots
+        out = {"denoise": (dit_flops(d, 2 * k, R) + (p.steps - 1) * dit_flops(d, k, R)) / k, "commit": 0.0, "decode": dec}
     else:
         k = p.chunk
         out = {"denoise": p.steps * dit_flops(d, k, p.window) / k, "commit": dit_flops(d, k, p.window) / k, "decode": dec}

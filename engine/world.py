@@ -66,12 +66,28 @@ class RuntimePreset:
     natural_ground: bool = True  # with the fill: no table, furnace or plant on ground the session never saw (engine.memory)
     faced_rule: bool = True  # Crafter's rule for the faced tile: a place action or mining that the game allows shows its block and inventory (engine.rules)
     warm: float = 0.0  # in (0, 1): denoise from this level, starting at the previous frame moved as the action moves the view
+    # commit a frame in the next frame's first denoising pass (one 2k-frame pass instead of a k-frame commit pass and a
+    # k-frame denoise pass: 1.6x the cost of one pass, not 2x); the window then holds window - chunk committed frames,
+    # so the frame being generated still sees `window` frames (see Session._commit). Not with memory slots.
+    fuse_commit: bool = True
 
     @property
     def reads_frames(self) -> bool:
         """Whether stepping reads the previous/decoded frame on the host (the rules, the warm start): a device
         path that keeps the whole step on the accelerator (tensorrt's CUDA graph) cannot serve it."""
         return self.block_rule or self.day_clock or self.life_clock or self.tile_hold or self.faced_rule or self.warm > 0
+
+    @property
+    def fuses_commit(self) -> bool:
+        """Whether the generic path commits each chunk in the next chunk's first pass (fuse_commit; not with memory
+        slots, whose frames a committed frame must not see, nor with a window that holds only the chunk)."""
+        return self.fuse_commit and self.memory == 0 and self.window > self.chunk
+
+    @property
+    def ring_slots(self) -> int:
+        """Frame slots of a session's KV ring on the generic path: the window, less the chunk still pending when
+        commits are fused."""
+        return self.window - self.chunk if self.fuses_commit else self.window
 
 
 # every preset field that reads frames on the host between the passes (the game's rules, the warm start, the fill), off:
@@ -174,6 +190,12 @@ class World:
         # read the world's decoded frames with it; None: the texture model (worldsim.eval.tiles) reads them
         self.reader: TileReader | None = None
 
+    @property
+    def fuses_commit(self) -> bool:
+        """Whether sessions commit each chunk in the next chunk's first pass (RuntimePreset.fuses_commit); a backend
+        with its own device path (tensorrt's step_chunk) commits as it always did."""
+        return self.preset.fuses_commit and getattr(self.backend, "step_chunk", None) is None
+
     def prepare_shapes(self, shapes: Sequence[tuple[int, int]]) -> None:
         """Give the onnxruntime backend fixed-shape DiT graphs for one session's (k chunk frames, P cache slots)
         calls ``shapes`` (exported into the graph cache once); a no-op on other backends and for bundles."""
@@ -241,7 +263,9 @@ class World:
             # valid); on a miss, exporting loads them first and bad weights raise a clear CheckpointError
             # the per-frame shapes of this preset (one session, a chunk against the window and any memory slots)
             # get fixed-shape DiT graphs beside the dynamic one (engine.graphs.export_static_dit)
-            shapes = [(preset.chunk, preset.window + m) for m in range(preset.memory + 1)]
+            shapes = [(preset.chunk, preset.ring_slots + m) for m in range(preset.memory + 1)]
+            if preset.fuses_commit:
+                shapes.append((2 * preset.chunk, preset.ring_slots))  # the fused commit + denoise pass
             graph_dir = ensure_onnx_graphs(path, ae_path, dit_path, load_models)
             try:
                 ensure_static_dit(graph_dir, shapes, load_models)
@@ -415,12 +439,16 @@ class SessionState:
     extra: dict = field(default_factory=dict)
     memory: MemoryBank | None = None  # the memory bank and pose track (preset.memory > 0), else None
     awake: np.ndarray | None = None  # float32 (C,g,g) the last frame whose player was awake (preset.life_clock), else None
+    # frames generated but not yet in the cache (RuntimePreset.fuse_commit): (x (1,k,C,g,g) as committed, with its
+    # context noise drawn, actions (1,k) int64, index of its first frame); they enter it in the next chunk's first pass
+    pending: tuple[np.ndarray, np.ndarray, int] | None = None
 
     def copy(self) -> "SessionState":
         """A deep copy."""
         return SessionState(self.frame_index, self.cache.copy(), self.frame.copy(), self.latent.copy(),
                             copy.deepcopy(self.rng_state), copy.deepcopy(self.extra), self.memory.copy() if self.memory is not None else None,
-                            None if self.awake is None else self.awake.copy())
+                            None if self.awake is None else self.awake.copy(),
+                            None if self.pending is None else (self.pending[0].copy(), self.pending[1].copy(), self.pending[2]))
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays + JSON-able meta for saving."""
@@ -432,6 +460,9 @@ class SessionState:
             arrays.update(mem_arrays)
         if self.awake is not None:
             arrays["awake_latent"] = self.awake
+        if self.pending is not None:
+            arrays["pending_x"], arrays["pending_actions"] = self.pending[0], self.pending[1]
+            meta["pending_first"] = self.pending[2]
         return arrays, meta
 
     @classmethod
@@ -439,8 +470,14 @@ class SessionState:
         """Inverse of to_arrays."""
         cache = RingKVCache(arrays["cache_k"], arrays["cache_v"], arrays["cache_frame"], int(meta["next_slot"]), int(meta["tokens_per_frame"]))
         memory = MemoryBank.from_arrays(arrays, meta["memory"]) if meta.get("memory") is not None else None
+        pending = None
+        if meta.get("pending_first") is not None:
+            px, pa = np.asarray(arrays["pending_x"], np.float32), np.asarray(arrays["pending_actions"], np.int64)
+            if px.ndim != 5 or pa.shape != px.shape[:2]:
+                raise ValueError(f"pending frames of shape {px.shape} with actions {pa.shape}")
+            pending = (px, pa, int(meta["pending_first"]))
         return cls(int(meta["frame_index"]), cache, arrays["frame"], arrays["latent"], meta["rng_state"], meta.get("extra", {}), memory,
-                   arrays.get("awake_latent"))
+                   arrays.get("awake_latent"), pending)
 
 
 def _reads_generated(method):
@@ -532,8 +569,9 @@ class Session:
     # -- internals ----------------------------------------------------------------------------------
 
     def _new_cache(self) -> RingKVCache:
-        d = self.world.dit_cfg
-        return RingKVCache.empty(d.n_layers, 1, d.n_heads, self.world.preset.window, d.tokens_per_frame, d.head_dim)
+        d, p = self.world.dit_cfg, self.world.preset
+        slots = p.ring_slots if self.world.fuses_commit else p.window
+        return RingKVCache.empty(d.n_layers, 1, d.n_heads, slots, d.tokens_per_frame, d.head_dim)
 
     def _start(self, frames: np.ndarray, acts: list[int]) -> None:
         """Encode the context and commit its last `window` frames to the cache."""
@@ -546,7 +584,8 @@ class Session:
         model_acts = np.array([[acts[i - 1] if i > 0 else NULL_ACTION for i in range(first, T)]], np.int64)
         cache = self._new_cache()
         self._state = SessionState(T - 1, cache, frames[-1].copy(), z[-1].copy(), {})
-        self._commit(z[None], model_acts, first)
+        # with fused commits the last chunk's worth of context waits for the first step's pass (the ring holds the rest)
+        self._commit(z[None], model_acts, first, pending=min(self.world.preset.chunk, len(z)) if self.world.fuses_commit else 0)
         rules = self.world.preset
         lits = [frame_lighting(f) for f in frames] if (self._mem_cfg is not None or rules.day_clock or rules.life_clock) else []
         lights = [float("nan") if lt is None or lt[1] else lt[0] for lt in lits]  # awake frames only
@@ -594,18 +633,57 @@ class Session:
         d = self.world.dit_cfg
         return MemoryBank.empty(self._mem_cfg, (d.latent_channels, d.grid, d.grid), self.world.preset.window + self.world.preset.chunk)
 
-    def _commit(self, z: np.ndarray, acts: np.ndarray, first_frame: int) -> float:
-        """Write clean (lightly re-noised) frames z (1,k,C,g,g) into the cache; -> seconds spent."""
+    def _commit(self, z: np.ndarray, acts: np.ndarray, first_frame: int, pending: int = 0) -> float:
+        """Write clean (lightly re-noised) frames z (1,k,C,g,g) into the cache; -> seconds spent. The last
+        ``pending`` of them (the world fuses commits: preset.fuse_commit) are only noised and kept in the state:
+        the next chunk's first pass computes their keys and values with its own (_fused_first_pass). Either way the
+        context noise is drawn here, so the RNG runs the same whether commits are fused or not."""
         t0 = time.perf_counter()
         st = self._state
         c = self.world.preset.ctx_noise
         k = z.shape[1]
-        x = (1 - c) * z + c * self._rng.standard_normal(z.shape, dtype=np.float32)
+        x = ((1 - c) * z + c * self._rng.standard_normal(z.shape, dtype=np.float32)).astype(np.float32)
+        if pending:
+            st.pending = (x[:, k - pending:].copy(), np.asarray(acts, np.int64)[:, k - pending:].copy(), first_frame + k - pending)
+            x, acts, k = x[:, :k - pending], np.asarray(acts)[:, :k - pending], k - pending
+            if k == 0:
+                return time.perf_counter() - t0
         past_t, past_valid = st.cache.inputs(first_frame)
-        _, kk, vv = self.world.backend.dit(x.astype(np.float32), np.full((1, k), c, np.float32), acts, st.cache.k, st.cache.v,
+        _, kk, vv = self.world.backend.dit(x, np.full((1, k), c, np.float32), acts, st.cache.k, st.cache.v,
                                            past_t, past_valid, np.zeros((1, st.cache.slots, 2), np.float32))
         st.cache.write(kk, vv, first_frame)
         return time.perf_counter() - t0
+
+    def _flush_pending(self) -> float:
+        """Commit the pending frames on their own pass (where the next pass cannot take them); -> seconds spent."""
+        st = self._state
+        if st is None or st.pending is None:
+            return 0.0
+        t0 = time.perf_counter()
+        x, acts, first = st.pending
+        st.pending = None
+        c = self.world.preset.ctx_noise
+        past_t, past_valid = st.cache.inputs(first)
+        _, kk, vv = self.world.backend.dit(x, np.full(acts.shape, c, np.float32), acts, st.cache.k, st.cache.v,
+                                           past_t, past_valid, np.zeros((1, st.cache.slots, 2), np.float32))
+        st.cache.write(kk, vv, first)
+        return time.perf_counter() - t0
+
+    def _fused_first_pass(self, x: np.ndarray, sigma: float, a: np.ndarray) -> np.ndarray:
+        """The first denoising pass of chunk x (1,k,C,g,g) at level sigma with the pending frames in front (one
+        block-causal chunk: they see the cache, the new frames see the cache and them, as two passes would);
+        writes the pending frames' keys/values to the cache -> x0 (1,k,C,g,g)."""
+        st = self._state
+        px, pa, pfirst = st.pending
+        st.pending = None
+        kp, c = px.shape[1], self.world.preset.ctx_noise
+        past_t, past_valid = st.cache.inputs(pfirst)
+        sig = np.concatenate([np.full((1, kp), c, np.float32), np.full((1, x.shape[1]), sigma, np.float32)], 1)
+        x0, kk, vv = self.world.backend.dit(np.concatenate([px, x], 1), sig, np.concatenate([pa, a], 1), st.cache.k, st.cache.v,
+                                            past_t, past_valid, np.zeros((1, st.cache.slots, 2), np.float32))
+        n = kp * st.cache.tokens_per_frame
+        st.cache.write(kk[:, :, :, :n], vv[:, :, :, :n], pfirst)
+        return x0[:, kp:]
 
     def _game_actions(self, acts: list[int]) -> list[int]:
         """The actions as the game takes them (preset.life_clock): a sleep action at full energy is a noop."""
@@ -616,6 +694,8 @@ class Session:
 
     def _step_chunk(self, acts: list[int]) -> np.ndarray:
         acts = self._game_actions(acts)
+        if self._state.pending is not None and (not self.world.fuses_commit or len(acts) != self._state.pending[1].shape[1]):
+            self._flush_pending()  # a state from a session that fused, here or on a short last chunk: commit it on its own
         if self._state.memory is not None:
             return self._step_chunk_memory(acts)
         fused = getattr(self.world.backend, "step_chunk", None)
@@ -651,14 +731,20 @@ class Session:
         x, s0 = self._warm_start(x, acts)
         ts = [s0 * t for t in ts]  # exact for s0 = 1 (pure noise)
         for t, t_next in zip(ts[:-1], ts[1:]):
-            x0, _, _ = w.backend.dit(x, np.full((1, k), t, np.float32), a, past_k, past_v, past_t, past_valid, shift)
+            if st.pending is not None and past_k is st.cache.k:
+                # the pending frames' commit and this first pass in one call; later passes read them from the cache
+                x0 = self._fused_first_pass(x, t, a)
+                past_t, past_valid = st.cache.inputs(first)
+            else:
+                x0, _, _ = w.backend.dit(x, np.full((1, k), t, np.float32), a, past_k, past_v, past_t, past_valid, shift)
             noise = self._rng.standard_normal(x.shape, dtype=np.float32) if (w.sampler.stochastic and t_next > 0) else None
             x = w.sampler.step(x, x0, t, t_next, noise)
         x0 = np.asarray(x, np.float32)
         t1 = time.perf_counter()
         x0, frames = self._finish(x0, acts, found)
         t_fin = time.perf_counter()
-        commit_s = self._commit(x0, a, first)  # the window only: a committed frame already shows what memory gave it
+        # the window only: a committed frame already shows what memory gave it; fused: kept for the next pass
+        commit_s = self._commit(x0, a, first, pending=k if w.fuses_commit else 0)
         t2 = time.perf_counter()
         st.frame_index += k
         st.frame = frames[-1].copy()
@@ -694,6 +780,8 @@ class Session:
         t0 = time.perf_counter()
         targets = predicted_poses(bank.current_pose, acts)  # where the player will be if its moves succeed
         rows = bank.retrieve(targets, first, w.preset.window) if w.preset.memory > 0 else np.zeros(0, np.int64)  # the fill alone reads no slots
+        if len(rows):
+            self._flush_pending()  # a committed frame sees no memory slots: never fused with a pass that reads them
         past_t, past_valid = st.cache.inputs(first)
         past_k, past_v, shift = st.cache.k, st.cache.v, np.zeros((1, st.cache.slots, 2), np.float32)
         if len(rows):  # only frames that need memory pay for it: the slot axis is dynamic

@@ -32,13 +32,13 @@ def test_n_sessions_give_n_frames_per_tick(world):
 
 
 def test_batched_tick_is_one_network_call_per_step(world, monkeypatch):
-    """A tick of N sessions costs steps + 1 DiT calls (denoise + commit), whatever N is."""
+    """A tick of N sessions costs `steps` DiT calls (the commit rides in the first: fused commits), whatever N is."""
     calls = []
     dit = world.backend.dit
     monkeypatch.setattr(world.backend, "dit", lambda *a: calls.append(a[0].shape[0]) or dit(*a))
     bench_sessions(world, [4], ticks=3, warmup=0, repeats=1, sequential=False)
     # batch 1: each new session prefills its cache from the opening frames; every tick call has batch = sessions
-    assert calls.count(4) == 3 * (world.preset.steps + 1) and set(calls) == {1, 4}
+    assert world.fuses_commit and calls.count(4) == 3 * world.preset.steps and set(calls) == {1, 4}
 
 
 def test_cli_table_and_json(tiny_world_dir, tmp_path, capsys):

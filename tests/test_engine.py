@@ -17,6 +17,7 @@ import torch
 
 from engine import BackendUnavailable, World
 from engine.testing import make_tiny_world
+from engine.world import MODEL_ONLY
 from worldsim.actions import ACTION_NAMES
 from worldsim.checkpoint import CheckpointError
 
@@ -209,7 +210,8 @@ def test_backend_parity_over_32_frames(world_dir):
     finally:
         del tw.backend.dit  # back to the class method
     frames_o = _rollout(ow, 32, seed=5)
-    assert len(rec.calls) == 1 + 32 * (tw.preset.steps + 1)
+    # the context's commit, then per frame the denoising passes (the first also commits the last frame: fused) 
+    assert tw.fuses_commit and len(rec.calls) == 1 + 32 * tw.preset.steps
     worst = {"x0": 0.0, "k": 0.0, "v": 0.0}
     for args, outs in rec.calls:
         for name, a, b in zip(worst, outs, ow.backend.dit(*args)):
@@ -232,7 +234,9 @@ def test_backend_parity_over_32_frames(world_dir):
 def test_cached_stepping_equals_full_causal_forward(world_dir, chunk):
     """Session stepping writes the same K/V as one block-causal pass over all committed frames, and
     predicts the same x0 as the training pass (forward_teacher) on the same noisy inputs."""
-    world = World.load(world_dir, backend="torch", preset="quality", window=8, chunk=chunk, **T1)  # no eviction in 8 frames
+    # no eviction in 8 frames; one commit pass per chunk (fuse_commit=False), as test_fused_commit_gives_the_same_frames
+    # checks the fused passes against
+    world = World.load(world_dir, backend="torch", preset="quality", window=8, chunk=chunk, fuse_commit=False, **T1)
     dit = world.backend.dit_module
     rec = _Recorder(world.backend)
     world.backend.dit = rec
@@ -272,6 +276,52 @@ def test_cached_stepping_equals_full_causal_forward(world_dir, chunk):
             # which the teacher never does; the first frame of each chunk must match exactly
             firsts = list(range(0, 8 - t0, chunk))
             np.testing.assert_allclose(cached[:, firsts], teacher[:, [t0 + i for i in firsts]], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_fused_commit_gives_the_same_frames(world_dir, chunk):
+    """Committing each chunk in the next chunk's first pass (fuse_commit) is the same computation as its own commit
+    pass, with one pass fewer per chunk: the same first prediction (to float rounding), the same frames and cached
+    keys/values while the window is not full (to the rounding a random tiny model amplifies over the rollout), and a
+    snapshot/restore with frames pending replays exactly."""
+    kw = dict(backend="torch", preset="quality", window=12, chunk=chunk, **MODEL_ONLY, **T1)
+    fused, plain = World.load(world_dir, **kw), World.load(world_dir, fuse_commit=False, **kw)
+    assert fused.fuses_commit and not plain.fuses_commit
+    calls, outs = {}, {}
+    n = (12 - len(fused.opening_frames) - chunk) // chunk * chunk  # the ring (window - chunk slots) never fills
+    assert n >= 2 * chunk
+    for name, w in (("fused", fused), ("plain", plain)):
+        rec = _Recorder(w.backend)
+        w.backend.dit = rec
+        try:
+            s = w.new_session(seed=3)
+            outs[name] = (s.step(_actions(n)), s)
+            calls[name] = rec.calls
+        finally:
+            del w.backend.dit
+    F, P = calls["fused"], calls["plain"]
+    assert len(P) - len(F) == n // chunk  # one commit pass saved per chunk
+    # the first denoising pass: [the context's last chunk, pending; the new chunk] in one call vs two calls
+    assert F[1][0][0].shape[1] == 2 * chunk and P[1][0][0].shape[1] == chunk
+    np.testing.assert_array_equal(F[1][0][0][:, chunk:], P[1][0][0])  # the same noise: the RNG runs the same
+    np.testing.assert_allclose(F[1][1][0][:, chunk:], P[1][1][0], atol=1e-5, rtol=0)
+    d = np.abs(outs["fused"][0].astype(int) - outs["plain"][0].astype(int))
+    assert d.max() <= 2 and (d == 0).mean() >= 0.95
+    sf, sp = outs["fused"][1], outs["plain"][1]
+    assert sf._state.pending is not None and sf._state.pending[2] == sf.frame_index - chunk + 1
+    cf, cp = sf.snapshot().cache, sp.snapshot().cache
+    N = cf.tokens_per_frame
+    # the ring holds what the plain session's does, but the pending chunk
+    assert set(cf.frame[0][cf.frame[0] >= 0]) == set(cp.frame[0][cp.frame[0] >= 0]) - set(range(sf.frame_index + 1 - chunk, sf.frame_index + 1))
+    for slot, f in enumerate(cf.frame[0]):
+        if f >= 0:
+            other = int(np.flatnonzero(cp.frame[0] == f)[0])
+            np.testing.assert_allclose(cf.k[:, :, :, slot * N:(slot + 1) * N], cp.k[:, :, :, other * N:(other + 1) * N], atol=0.05, rtol=0)
+    # snapshot with frames pending, step on, restore, step again: the same frames
+    snap = sf.snapshot()
+    a = sf.step(_actions(2 * chunk))
+    sf.restore(snap)
+    np.testing.assert_array_equal(sf.step(_actions(2 * chunk)), a)
 
 
 def test_naive_loop_matches_the_cached_session(world_dir):
@@ -328,7 +378,10 @@ def test_ring_buffer_thousands_of_steps(ort_world):
     for name in ("k", "v", "frame"):
         assert getattr(after, name).shape == getattr(before, name).shape
         assert getattr(after, name).nbytes == getattr(before, name).nbytes
-    assert sorted(after.frame[0].tolist()) == list(range(s.frame_index - after.slots + 1, s.frame_index + 1))
+    # the ring holds the newest frames but the chunk still pending (fused commits: it enters with the next pass)
+    pend = 0 if s._state.pending is None else s._state.pending[1].shape[1]
+    assert pend == (ort_world.preset.chunk if ort_world.fuses_commit else 0)
+    assert sorted(after.frame[0].tolist()) == list(range(s.frame_index - pend - after.slots + 1, s.frame_index - pend + 1))
     if rss0 is not None:
         assert rss1 - rss0 < 16 << 20, f"process memory grew by {(rss1 - rss0) / 2**20:.1f} MiB over 2400 steps"
     # no slowdown: a session 2600 frames in vs a fresh one, interleaved so machine load hits both alike
@@ -465,12 +518,14 @@ def test_corrupt_onnx_cache_is_rebuilt(world_copy, damage):
 
 
 def test_fixed_shape_graph_serves_the_preset_and_matches_the_dynamic_one(world_copy):
-    """onnxruntime steps a session through a DiT graph fixed to the preset's shapes (B=1, chunk, window),
-    exported into the cache on load; it agrees with the dynamic-shape graph, and other shapes use that one."""
+    """onnxruntime steps a session through a DiT graph fixed to the preset's shapes (B=1, the pending chunk and the
+    new one against the ring: fused commits), exported into the cache on load; it agrees with the dynamic-shape
+    graph, and other shapes use that one."""
     world = World.load(world_copy, backend="onnxruntime", threads=1)
     be, p = world.backend, world.preset
-    key = (p.chunk, p.window)
-    assert key in be.static and (be.graph_dir / f"dit-b1-k{p.chunk}-p{p.window}.onnx").is_file()
+    assert world.fuses_commit and p.ring_slots == p.window - p.chunk
+    key = (2 * p.chunk, p.ring_slots)
+    assert key in be.static and (be.graph_dir / f"dit-b1-k{key[0]}-p{key[1]}.onnx").is_file()
     rec = _Recorder(be)
     be.dit = rec
     fixed = be.static[key]
@@ -479,7 +534,7 @@ def test_fixed_shape_graph_serves_the_preset_and_matches_the_dynamic_one(world_c
     s = world.new_session(seed=0)
     for a in _actions(p.window + 2):  # past the ring's capacity: every slot filled
         s.step(a)
-    steady = [c for c in rec.calls if c[0][0].shape[:2] == (1, p.chunk) and c[0][5].shape[1] == p.window]
+    steady = [c for c in rec.calls if c[0][0].shape[:2] == (1, key[0]) and c[0][5].shape[1] == key[1]]
     assert len(used) == len(steady) > 0  # each per-frame call of that shape ran the fixed graph, the context commit did not
     names = [i.name for i in be.sessions["dit"].get_inputs()]
     for args, out in steady[-3:]:
@@ -496,13 +551,14 @@ def test_corrupt_fixed_shape_graph_is_rebuilt(world_copy, damage):
     world = World.load(world_copy)
     expected = _rollout(world, 4, seed=0)
     p = world.preset
-    static = world.backend.graph_dir / f"dit-b1-k{p.chunk}-p{p.window}.onnx"
+    key = (2 * p.chunk, p.ring_slots)  # the per-frame pass: fused commit + denoise
+    static = world.backend.graph_dir / f"dit-b1-k{key[0]}-p{key[1]}.onnx"
     if damage == "garbage":
         static.write_bytes(b"\x08\x07garbage" * 1000)
     else:  # a valid graph with the wrong inputs: onnxruntime's check refuses it and the cache is rebuilt
         shutil.copy(world.backend.graph_dir / "decoder.onnx", static)
     again = World.load(world_copy)
-    assert (p.chunk, p.window) in again.backend.static
+    assert key in again.backend.static
     assert np.array_equal(_rollout(again, 4, seed=0), expected)
 
 
@@ -544,13 +600,19 @@ def test_flop_count_includes_attention(world_dir):
         assert per_frame == pytest.approx((f3 - f0) / 3)  # linear in the cached frames
         assert per_frame >= 4 * L * N * N * d  # QK^T and AV against N more keys in every layer
         assert dit_flops(cfg, 2, 0) > 2 * f0  # a 2-frame chunk: twice the tokens, and they attend to each other
-    world = World.load(world_dir, preset="quality")
-    g = frame_gflops(world)
-    p = world.preset
-    assert g["denoise"] == pytest.approx(p.steps * dit_flops(world.dit_cfg, 1, p.window) / 1e9)
-    assert g["commit"] == pytest.approx(dit_flops(world.dit_cfg, 1, p.window) / 1e9)
-    assert g["decode"] == pytest.approx(decoder_flops(world.ae_cfg) / 1e9) and g["decode"] > 0
+    plain = World.load(world_dir, preset="quality", fuse_commit=False)
+    g = frame_gflops(plain)
+    p = plain.preset
+    assert g["denoise"] == pytest.approx(p.steps * dit_flops(plain.dit_cfg, 1, p.window) / 1e9)
+    assert g["commit"] == pytest.approx(dit_flops(plain.dit_cfg, 1, p.window) / 1e9)
+    assert g["decode"] == pytest.approx(decoder_flops(plain.ae_cfg) / 1e9) and g["decode"] > 0
     assert g["total"] == pytest.approx(g["denoise"] + g["commit"] + g["decode"])
+    # fused commits: the first pass carries the commit (a 2-frame chunk against window - 1 slots), counted as denoise
+    world = World.load(world_dir, preset="quality")
+    gf = frame_gflops(world)
+    R = world.preset.ring_slots
+    assert world.fuses_commit and gf["commit"] == 0
+    assert gf["denoise"] == pytest.approx((dit_flops(world.dit_cfg, 2, R) + (p.steps - 1) * dit_flops(world.dit_cfg, 1, R)) / 1e9)
     naive = frame_gflops(world, naive=True)
     assert naive["denoise"] == pytest.approx(p.steps * dit_flops(world.dit_cfg, p.window + 1, 0) / 1e9) and naive["commit"] == 0
 

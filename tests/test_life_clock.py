@@ -80,7 +80,7 @@ def _world(tmp_path, life: bool, frames: np.ndarray, **options) -> tuple[World, 
 
     def dit(x, t, a, *rest):
         seen.append(np.array(a))
-        return (z.copy(), *real_dit(x, t, a, *rest)[1:])
+        return (np.repeat(z, x.shape[1], 1), *real_dit(x, t, a, *rest)[1:])  # every frame of the call (fused commits: 2)
 
     w.backend.dit = dit
     return w, seen
@@ -130,17 +130,17 @@ def test_a_sleep_action_at_full_energy_is_a_noop(tmp_path, sleeper):
     assert sess._state.extra["life"][0] == ENERGY_MAX
     seen.clear()  # the context's commit
     sess.step("sleep")
-    assert seen and all(int(x[0, 0]) == NOOP for x in seen)
+    assert seen and all(int(x[0, -1]) == NOOP for x in seen)  # the new frame's action (a fused pass: last)
     assert sess._state.extra["life"][2] == 0  # the game ignored it: awake
     sess._state.extra["life"][0] = ENERGY_MAX - 1
     seen.clear()
     sess.step("sleep")
-    assert int(seen[0][0, 0]) == SLEEP
+    assert int(seen[0][0, -1]) == SLEEP
     w2, seen2 = _world(tmp_path, False, f[:8])
     s2 = w2.new_session(f[:8], [NOOP] * 7 + [None], seed=0)
     seen2.clear()
     s2.step("sleep")
-    assert int(seen2[0][0, 0]) == SLEEP
+    assert int(seen2[0][0, -1]) == SLEEP
 
 
 def test_a_batch_of_sessions_applies_the_life_clock_as_each_session_does(tmp_path, sleeper):

@@ -88,7 +88,7 @@ def test_session_applies_the_rule_and_it_can_be_turned_off(tmp_path, episode):
         assert w.preset.block_rule is rule
         moved = w.backend.encode(_moved_view(f[t], move_delta(int(a[t])))[None])[None]  # (1,1,C,g,g)
         real_dit = w.backend.dit
-        w.backend.dit = lambda x, *rest: (moved.copy(), *real_dit(x, *rest)[1:])  # a model that walks through
+        w.backend.dit = lambda x, *rest: (np.repeat(moved, x.shape[1], 1), *real_dit(x, *rest)[1:])  # a model that walks through (every frame of the call)
         s = w.new_session(f[t - 7:t + 1], [int(x) for x in a[t - 7:t]] + [None], seed=3)
         prev_z = s._state.latent.copy()
         frame = s.step(ACTION_NAMES[int(a[t])])
@@ -115,7 +115,7 @@ def test_session_batch_applies_the_rule_like_a_session(tmp_path, episode):
     w = World.load(make_tiny_world(tmp_path / "tiny"), backend="onnxruntime", threads=1, day_clock=False, tile_hold=False)
     moved = w.backend.encode(_moved_view(f[t], move_delta(int(a[t])))[None])[None]  # (1,1,C,g,g)
     real_dit = w.backend.dit
-    w.backend.dit = lambda x, *rest: (np.repeat(moved, len(x), 0), *real_dit(x, *rest)[1:])  # walks through, every session
+    w.backend.dit = lambda x, *rest: (np.repeat(np.repeat(moved, len(x), 0), x.shape[1], 1), *real_dit(x, *rest)[1:])  # walks through, every session and frame
     ctx, acts = f[t - 7:t + 1], [int(x) for x in a[t - 7:t]] + [None]
     sessions = [w.new_session(ctx, acts, seed=i) for i in range(2)]
     prev = [s._state.latent.copy() for s in sessions]
@@ -189,7 +189,7 @@ def test_session_keeps_the_game_s_clock(tmp_path, episode):
         exact_codec(w.backend)  # the random tiny autoencoder would scramble the light
         dark = w.backend.encode(relight(f[t], frame_lighting(f[t])[0], 0.2)[None])[None]  # the context frame, at night
         real_dit = w.backend.dit
-        w.backend.dit = lambda x, *rest: (dark.copy(), *real_dit(x, *rest)[1:])
+        w.backend.dit = lambda x, *rest: (np.repeat(dark, x.shape[1], 1), *real_dit(x, *rest)[1:])  # every frame of the call
         s = w.new_session(f[t - 7:t + 1], [int(x) for x in a[t - 7:t]] + [None], seed=0)
         frames = [s.step(ACTION_NAMES[int(x)]) for x in a[t:t + 3]]
         got[clock] = (frames, s)
@@ -261,13 +261,13 @@ def test_session_warm_start_denoises_from_the_moved_previous_frame(tmp_path, epi
     prev = s._state.latent.copy()
     seen.clear()  # the context's commits
     s.step("noop")
-    x, sigma = seen[0]
-    assert sigma[0, 0] == pytest.approx(0.6)
+    x, sigma = seen[0]  # the new frame is the call's last (a fused pass carries the pending frame first)
+    assert sigma[0, -1] == pytest.approx(0.6)
     # the start is 0.6 * noise + 0.4 * the previous latent: removing the latter leaves unit-variance noise
-    assert np.std(x[0, 0] - 0.4 * prev) / 0.6 == pytest.approx(1.0, abs=0.15)
+    assert np.std(x[0, -1] - 0.4 * prev) / 0.6 == pytest.approx(1.0, abs=0.15)
     seen.clear()
     s.step("sleep")  # pure noise
-    assert seen[0][1][0, 0] == pytest.approx(1.0)
+    assert seen[0][1][0, -1] == pytest.approx(1.0)
     # batch == sessions, with one warm-starting session next to one that sleeps (pure noise)
     w.backend.dit = real_dit
     solo = [w.new_session(ctx, acts, seed=i) for i in range(2)]
