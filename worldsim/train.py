@@ -834,6 +834,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dit", help="DiT checkpoint (package)")
     p.add_argument("--opening-data", help="dataset whose first val episode gives the opening frames (package)")
     p.add_argument("--model-card", help="MODEL_CARD.md to copy into the world (package)")
+    p.add_argument("--max-window", type=int, default=None,
+                   help="longest window the engine may run (package; default: the longest clip trained, less one). Time is "
+                        "relative, so a longer window runs: set it only where an evaluation measured it to hold up")
     p.add_argument("--init", help="start the DiT from these weights (a fresh run only)")
     p.add_argument("--steps", type=int, help="override the number of steps")
     p.add_argument("--batch", type=int, help="override the batch size")
@@ -912,7 +915,9 @@ def _run_package(args: argparse.Namespace) -> int:
     if not (args.ae and args.dit and args.opening_data):
         raise SystemExit("worldsim train package: --ae, --dit and --opening-data are required")
     meta = read_meta(args.dit, kind="dit")
-    out = package_world(args.out, args.ae, args.dit, opening_from_dataset(args.opening_data), max_window=trained_window(meta.get("train", {})),
-                        model_card=args.model_card)
+    window = args.max_window if args.max_window is not None else trained_window(meta.get("train", {}))
+    if window < 1:
+        raise SystemExit(f"worldsim train package: --max-window must be >= 1, got {window}")
+    out = package_world(args.out, args.ae, args.dit, opening_from_dataset(args.opening_data), max_window=window, model_card=args.model_card)
     print(f"wrote world {out}")
     return 0
