@@ -106,7 +106,7 @@ def frame_gflops(world, naive: bool = False) -> dict[str, float]:
         out = {"denoise": den, "commit": 0.0, "decode": dec}
     elif world.fuses_commit:
         # the first pass carries the previous chunk's commit (RuntimePreset.fuse_commit): counted in denoise
-        k, R = p.chunk, p.ring_slots
+        k, R = p.chunk, world.ring_slots
         out = {"denoise": (dit_flops(d, 2 * k, R) + (p.steps - 1) * dit_flops(d, k, R)) / k, "commit": 0.0, "decode": dec}
     else:
         k = p.chunk

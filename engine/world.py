@@ -200,6 +200,11 @@ class World:
         with its own device path (tensorrt's step_chunk) commits as it always did."""
         return self.preset.fuses_commit and getattr(self.backend, "step_chunk", None) is None
 
+    @property
+    def ring_slots(self) -> int:
+        """Frame slots of a session's KV ring: RuntimePreset.ring_slots where sessions fuse commits, else the window."""
+        return self.preset.ring_slots if self.fuses_commit else self.preset.window
+
     def prepare_shapes(self, shapes: Sequence[tuple[int, int]]) -> None:
         """Give the onnxruntime backend fixed-shape DiT graphs for one session's (k chunk frames, P cache slots)
         calls ``shapes`` (exported into the graph cache once); a no-op on other backends and for bundles."""
@@ -573,12 +578,12 @@ class Session:
     # -- internals ----------------------------------------------------------------------------------
 
     def _new_cache(self) -> RingKVCache:
-        d, p = self.world.dit_cfg, self.world.preset
-        slots = p.ring_slots if self.world.fuses_commit else p.window
-        return RingKVCache.empty(d.n_layers, 1, d.n_heads, slots, d.tokens_per_frame, d.head_dim)
+        d = self.world.dit_cfg
+        return RingKVCache.empty(d.n_layers, 1, d.n_heads, self.world.ring_slots, d.tokens_per_frame, d.head_dim)
 
     def _start(self, frames: np.ndarray, acts: list[int]) -> None:
-        """Encode the context and commit its last `window` frames to the cache."""
+        """Encode the context and commit its last `window` frames to the cache (fused commits: the last chunk of
+        them is left pending for the first step's pass)."""
         T = len(frames)
         W = self.world.preset.window
         first = max(0, T - W)
@@ -647,31 +652,29 @@ class Session:
         c = self.world.preset.ctx_noise
         k = z.shape[1]
         x = ((1 - c) * z + c * self._rng.standard_normal(z.shape, dtype=np.float32)).astype(np.float32)
+        acts = np.asarray(acts, np.int64)
         if pending:
-            st.pending = (x[:, k - pending:].copy(), np.asarray(acts, np.int64)[:, k - pending:].copy(), first_frame + k - pending)
-            x, acts, k = x[:, :k - pending], np.asarray(acts)[:, :k - pending], k - pending
-            if k == 0:
-                return time.perf_counter() - t0
-        past_t, past_valid = st.cache.inputs(first_frame)
-        _, kk, vv = self.world.backend.dit(x, np.full((1, k), c, np.float32), acts, st.cache.k, st.cache.v,
-                                           past_t, past_valid, np.zeros((1, st.cache.slots, 2), np.float32))
-        st.cache.write(kk, vv, first_frame)
+            st.pending = (x[:, k - pending:].copy(), acts[:, k - pending:].copy(), first_frame + k - pending)
+            x, acts = x[:, :k - pending], acts[:, :k - pending]
+        if x.shape[1]:
+            self._commit_pass(x, acts, first_frame)
         return time.perf_counter() - t0
 
-    def _flush_pending(self) -> float:
-        """Commit the pending frames on their own pass (where the next pass cannot take them); -> seconds spent."""
+    def _commit_pass(self, x: np.ndarray, acts: np.ndarray, first_frame: int) -> None:
+        """One DiT pass over noised clean frames x (1,k,C,g,g) against the cache; their keys/values go into it."""
         st = self._state
-        if st is None or st.pending is None:
-            return 0.0
-        t0 = time.perf_counter()
-        x, acts, first = st.pending
-        st.pending = None
-        c = self.world.preset.ctx_noise
-        past_t, past_valid = st.cache.inputs(first)
-        _, kk, vv = self.world.backend.dit(x, np.full(acts.shape, c, np.float32), acts, st.cache.k, st.cache.v,
-                                           past_t, past_valid, np.zeros((1, st.cache.slots, 2), np.float32))
-        st.cache.write(kk, vv, first)
-        return time.perf_counter() - t0
+        past_t, past_valid = st.cache.inputs(first_frame)
+        _, kk, vv = self.world.backend.dit(x, np.full(acts.shape, self.world.preset.ctx_noise, np.float32), acts, st.cache.k,
+                                           st.cache.v, past_t, past_valid, np.zeros((1, st.cache.slots, 2), np.float32))
+        st.cache.write(kk, vv, first_frame)
+
+    def _flush_pending(self) -> None:
+        """Commit the pending frames on their own pass (where the next pass cannot take them)."""
+        st = self._state
+        if st is not None and st.pending is not None:
+            x, acts, first = st.pending
+            st.pending = None
+            self._commit_pass(x, acts, first)
 
     def _fused_first_pass(self, x: np.ndarray, sigma: float, a: np.ndarray) -> np.ndarray:
         """The first denoising pass of chunk x (1,k,C,g,g) at level sigma with the pending frames in front (one
