@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from engine.graphs import GRAPH_IO, GRAPH_NAMES, OPSET, weights_hash
+from engine.graphs import DIT_PRECISIONS, GRAPH_IO, GRAPH_NAMES, OPSET, dit_graph_name, static_dit_name, weights_hash
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
@@ -82,18 +82,22 @@ class TorchBackend:
 
 class OrtBackend:
     """onnxruntime on the CPU: the default. Graphs are built from the weights on first use and cached; fixed-shape
-    DiT graphs in the same directory (engine.graphs.static_dit_name; ``static=True``) run the calls they fit."""
+    DiT graphs in the same directory (engine.graphs.static_dit_name; ``static=True``) run the calls they fit.
+    ``precision`` picks the DiT graphs: fp32 (dit.onnx) or int8 (dit-int8.onnx, engine.graphs.quantize_dit_int8)."""
 
     name = "onnxruntime"
 
     def __init__(self, graph_dir: str | os.PathLike, threads: int | None = None, spinning: bool = False,
-                 providers: list[str] | None = None, static: bool = True):
+                 providers: list[str] | None = None, static: bool = True, precision: str = "fp32"):
         try:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - onnxruntime is a core dependency
             raise BackendUnavailable(f"onnxruntime is not installed: {e}") from None
+        if precision not in DIT_PRECISIONS:
+            raise ValueError(f"unknown DiT precision {precision!r}; choose from {', '.join(DIT_PRECISIONS)}")
         graph_dir = Path(graph_dir)
         self.graph_dir = graph_dir
+        self.precision = precision
         self.threads = threads or min(os.cpu_count() or 1, 4)
         self.spinning = spinning
         self._providers = providers or ["CPUExecutionProvider"]
@@ -106,16 +110,16 @@ class OrtBackend:
         self._options = so
         self.sessions = {}
         for name in GRAPH_NAMES:
-            path = graph_dir / f"{name}.onnx"
+            path = graph_dir / (dit_graph_name(precision) if name == "dit" else f"{name}.onnx")
             if not path.is_file():
                 raise FileNotFoundError(f"ONNX graph missing: {path}")
             self.sessions[name] = self._open(path, name)
-        # DiT graphs fixed to one shape (engine.graphs.export_static_dit): used where a call's shapes match
+        # DiT graphs fixed to one shape (engine.graphs.export_static_dit) at this precision: used where a call's shapes match
         self.static: dict[tuple[int, int], object] = {}
         if static:
             for path in sorted(graph_dir.glob("dit-b1-k*-p*.onnx")):
                 m = _STATIC_NAME.fullmatch(path.name)
-                if m:
+                if m and (m[3] or "fp32") == precision:
                     self.static[(int(m[1]), int(m[2]))] = self._open(path, "dit")
 
     def _open(self, path: Path, name: str):
@@ -136,7 +140,9 @@ class OrtBackend:
         path = Path(path)
         m = _STATIC_NAME.fullmatch(path.name)
         if not m:
-            raise ValueError(f"{path.name} is not a static DiT graph name (dit-b1-k<K>-p<P>.onnx)")
+            raise ValueError(f"{path.name} is not a static DiT graph name (dit-b1-k<K>-p<P>[-int8].onnx)")
+        if (m[3] or "fp32") != self.precision:
+            raise ValueError(f"{path.name} is a {m[3] or 'fp32'} DiT graph; this backend runs {self.precision}")
         self.static[(int(m[1]), int(m[2]))] = self._open(path, "dit")
 
     def encode(self, frames: np.ndarray) -> np.ndarray:
@@ -157,30 +163,55 @@ class OrtBackend:
         return tuple((sess or self.sessions["dit"]).run(None, feed))
 
 
-_STATIC_NAME = re.compile(r"dit-b1-k(\d+)-p(\d+)\.onnx")
+_STATIC_NAME = re.compile(r"dit-b1-k(\d+)-p(\d+)(?:-(int8))?\.onnx")
 
 
-def ensure_static_dit(graph_dir: Path, shapes, load_models) -> list[Path]:
-    """Fixed-shape DiT graphs for (k, P) ``shapes`` in a cache directory from ensure_onnx_graphs, exported
-    where missing (load_models() -> (ae, dit) is called only then); -> their paths. A file that onnx cannot
-    read is exported again: it is only a cache."""
+def _valid_graph(path: Path) -> bool:
+    """Whether an ONNX file exists and onnx can read it; a corrupt one is deleted (every graph here is a cache)."""
     import onnx
 
-    from engine.graphs import export_static_dit, static_dit_name
+    if not path.is_file():
+        return False
+    try:
+        onnx.checker.check_model(str(path))
+        return True
+    except Exception:
+        path.unlink(missing_ok=True)
+        return False
 
+
+def ensure_dit_precision(graph_dir: Path, precision: str) -> Path:
+    """The dynamic-shape DiT graph at ``precision`` in a cache directory from ensure_onnx_graphs (int8: quantized
+    from dit.onnx where missing or unreadable); -> its path."""
+    from engine.graphs import quantize_dit_int8
+
+    path = graph_dir / dit_graph_name(precision)
+    if precision != "fp32" and not _valid_graph(path):
+        quantize_dit_int8(graph_dir / dit_graph_name("fp32"), path)
+    return path
+
+
+def ensure_static_dit(graph_dir: Path, shapes, load_models, precision: str = "fp32") -> list[Path]:
+    """Fixed-shape DiT graphs for (k, P) ``shapes`` at ``precision`` in a cache directory from ensure_onnx_graphs,
+    exported (and quantized) where missing (load_models() -> (ae, dit) is called only then); -> their paths. A file
+    that onnx cannot read is exported again: it is only a cache."""
+    from engine.graphs import export_static_dit, quantize_dit_int8
+
+    ensure_dit_precision(graph_dir, precision)
     paths, dit = [], None
     for k, P in sorted(set((int(k), int(P)) for k, P in shapes)):
-        path = graph_dir / static_dit_name(k, P)
-        if path.is_file():
-            try:
-                onnx.checker.check_model(str(path))
-                paths.append(path)
-                continue
-            except Exception:
-                path.unlink(missing_ok=True)
-        if dit is None:
-            dit = load_models()[1]
-        paths.append(export_static_dit(dit, graph_dir, k, P))
+        path = graph_dir / static_dit_name(k, P, precision)
+        if _valid_graph(path):
+            paths.append(path)
+            continue
+        fp32 = graph_dir / static_dit_name(k, P)
+        if not _valid_graph(fp32):
+            if dit is None:
+                dit = load_models()[1]
+            export_static_dit(dit, graph_dir, k, P)
+        if precision != "fp32":
+            quantize_dit_int8(fp32, path)
+        paths.append(path)
     return paths
 
 
@@ -188,9 +219,12 @@ def onnx_cache_key(ae_path: Path, dit_path: Path) -> str:
     """Key of the cached graphs: weights + configs (inside the files) + exporter versions + the source of
     the modules that define the graphs (a model code change must never reuse graphs exported from old code)."""
     import onnx
+    import onnxruntime
     import torch
 
-    return weights_hash(ae_path, dit_path, extra=f"torch={torch.__version__};onnx={onnx.__version__};opset={OPSET};graphs=1;"
+    # onnxruntime's version: its quantization tool writes the int8 graphs
+    return weights_hash(ae_path, dit_path, extra=f"torch={torch.__version__};onnx={onnx.__version__};ort={onnxruntime.__version__};"
+                                                 f"opset={OPSET};graphs=1;"
                                                  f"src={_graph_source_digest()}")[:20]
 
 

@@ -3,7 +3,10 @@ step, per commit and per decode (the batch dimension is sessions).
 
 Each session keeps its own state and RNG and draws its noise in the same order as ``Session.step``, so a
 batched tick gives the frames each session would have produced alone (up to float rounding of the
-batched kernels). Sessions may be at different frame indices: cache times are per batch row.
+batched kernels). With int8 DiT graphs (the `fast` preset on onnxruntime) a call quantizes its activations with
+one scale over the whole batch, so a session's frames in a batch are within a level or so of its frames alone
+rather than equal; float32 worlds (`precision="fp32"`) batch exactly. Sessions may be at different frame
+indices: cache times are per batch row.
 
     batch = SessionBatch([s1, s2, s3])
     frames = batch.step(["move_left", "do", "noop"])   # -> [uint8 (H,W,3)] * 3

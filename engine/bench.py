@@ -345,23 +345,25 @@ def _load(path: Path, backend: str, preset: str, threads: int | None, spinning: 
     over = {**(options or {}), **({"window": window} if window else {})}
     world = World.load(path, backend=backend, preset=preset, threads=threads, **over)
     if backend == "onnxruntime" and spinning is not None and spinning != world.backend.spinning:
-        world.backend = OrtBackend(world.backend.graph_dir, threads=threads, spinning=spinning)
+        world.backend = OrtBackend(world.backend.graph_dir, threads=threads, spinning=spinning, precision=world.backend.precision)
     return world
 
 
 def _fmt_row(r: dict) -> str:
     if "error" in r:
-        return f"{r['backend']:<12} {r['preset']:<10} {r['threads']!s:>3} {r['spinning']:<4}  unavailable: {r['error']}"
+        return f"{r['backend']:<12} {r['preset']:<14} {r['threads']!s:>3} {r['spinning']:<4}  unavailable: {r['error']}"
     c = r["cached"]
     naive = r.get("naive")
     nv = f"{naive['fps']:8.2f} {r['speedup_vs_naive']:6.1f}x" if naive else f"{'-':>8} {'-':>7}"
     label = f"{r['preset']}/w{r['preset_config']['window']}"  # the window decides the naive loop's work
-    return (f"{r['backend']:<12} {label:<10} {r['threads']!s:>3} {r['spinning']:<4} {c['fps']:7.1f} {c['p50_ms']:7.2f} {c['p99_ms']:7.2f}"
+    if r.get("precision", "fp32") != "fp32":  # what the backend runs (torch: fp32 whatever the preset asks)
+        label += f"/{r['precision']}"
+    return (f"{r['backend']:<12} {label:<14} {r['threads']!s:>3} {r['spinning']:<4} {c['fps']:7.1f} {c['p50_ms']:7.2f} {c['p99_ms']:7.2f}"
             f" {c['denoise_ms']:7.2f} {c['commit_ms']:7.2f} {c['decode_ms']:7.2f} {r['gflop_per_frame']:8.3f} {r['gflops']:7.1f}"
             f" {100 * r['gflops'] / r['peak_gflops']:5.1f}% {nv}")
 
 
-_HEADER = (f"{'backend':<12} {'preset/win':<10} {'thr':>3} {'spin':<4} {'fps':>7} {'p50ms':>7} {'p99ms':>7} {'denoise':>7} {'commit':>7}"
+_HEADER = (f"{'backend':<12} {'preset/win':<14} {'thr':>3} {'spin':<4} {'fps':>7} {'p50ms':>7} {'p99ms':>7} {'denoise':>7} {'commit':>7}"
            f" {'decode':>7} {'GFLOP/f':>8} {'GFLOP/s':>7} {'%peak':>6} {'naivefps':>8} {'speedup':>7}")
 
 
@@ -385,7 +387,7 @@ def _bench_frames(world, row: dict[str, Any], args: argparse.Namespace, warmup: 
     peak = max(peaks[t]["peak_gflops"] for t in range(1, used_threads + 1))
     cached = bench_cached(world, args.frames, warmup, args.repeats, seed=args.seed)
     gf = frame_gflops(world)
-    row.update(preset_config=asdict(world.preset), cached=asdict(cached), gflop_per_frame=gf["total"],
+    row.update(preset_config=asdict(world.preset), precision=world.precision, cached=asdict(cached), gflop_per_frame=gf["total"],
                gflop_split=gf, gflops=gf["total"] * cached.fps, peak_gflops=peak)
     if not args.no_naive:
         naive = bench_naive(world, naive_frames, min(warmup, 3), args.repeats, seed=args.seed)

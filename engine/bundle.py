@@ -17,6 +17,8 @@ error, not a surprise later), graph inputs/outputs against the model configs, th
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 from pathlib import Path, PurePosixPath
@@ -241,7 +243,11 @@ def load_bundle_world(world_cls, path: Path, backend: str | None, preset, thread
         raise BackendUnavailable(f"backend 'torch' needs the torch weights, and the bundle {path} holds only ONNX graphs: "
                                  "load it with backend='onnxruntime' (or 'tensorrt'), or load the source world directory for torch")
     if name == "onnxruntime":
+        # a bundle runs dit.onnx at the precision it was exported with (`worldsim export --quantize`), whatever the
+        # preset asks: the preset says so, as World.precision does
         be = OrtBackend(graph_dir, threads=threads)
+        be.precision = "int8" if m["graphs"]["dit"]["precision"] == "int8-dynamic" else "fp32"
+        preset = dataclasses.replace(preset, precision=be.precision)
     else:
         reason = tensorrt_unavailable_reason()
         if reason:

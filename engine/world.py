@@ -25,6 +25,7 @@ import numpy as np
 from engine.backends import (BACKENDS, BackendUnavailable, OrtBackend, TorchBackend, ensure_onnx_graphs, ensure_static_dit,
                              tensorrt_unavailable_reason)
 from engine.cache import RingKVCache
+from engine.graphs import DIT_PRECISIONS
 from engine.rules import (DAY_CLOCK_TOLERANCE, DO, ENERGY_MAX, PLACE_RULES, advance_life, enforce_blocked_move, faced_tile, fit_clock, fit_life,
                           hold_tiles, read_energy, draw_energy, energy_slot, relight, rendered_awake_view, sleeping_view, warm_start)
 from engine.memory import (DARK, MemoryBank, MemoryConfig, MemoryKV, fill_uncovered, memory_slots, natural_uncovered, predicted_poses,
@@ -70,6 +71,9 @@ class RuntimePreset:
     # k-frame denoise pass: 1.6x the cost of one pass, not 2x); the window then holds window - chunk committed frames,
     # so the frame being generated still sees `window` frames (see Session._commit). Not with memory slots.
     fuse_commit: bool = True
+    # the DiT graphs' precision on onnxruntime: "fp32", or "int8" (MatMul weights int8 per channel, activations
+    # quantized per call: engine.graphs.quantize_dit_int8). Other backends run their own precision (World.precision).
+    precision: str = "fp32"
 
     @property
     def reads_frames(self) -> bool:
@@ -103,9 +107,12 @@ MODEL_ONLY: dict[str, Any] = {"block_rule": False, "day_clock": False, "life_clo
 # apart at 31 (session 4: 73% unexplained tiles in free play).
 # `fast` keeps 8: same quick-eval quality as 15 on the shipped world, 34 vs 23 fps on one thread (87.9% at 31 vs
 # 88.2% at 8 over 32-frame rollouts, session 12).
+# `fast` runs int8 DiT graphs on onnxruntime: the full eval's rollouts are the same as fp32's (persistent tiles 91.9 /
+# 88.2 / 82.5 / 70.4% vs 91.9 / 88.2 / 82.7 / 70.3% over 16 / 32 / 64 / 256 frames) and its per-frame DiT call is
+# ~1.2x faster (session 13); `quality` and `memory` stay fp32.
 # `memory` keeps 15: placed blocks came back in 26% of revisit frames at 15, 11% at 8 (quick eval, 27 frames).
 RUNTIME_PRESETS: dict[str, RuntimePreset] = {
-    "fast": RuntimePreset("fast", steps=1, window=8, warm=0.5, memory_fill=True),
+    "fast": RuntimePreset("fast", steps=1, window=8, warm=0.5, memory_fill=True, precision="int8"),
     "quality": RuntimePreset("quality", steps=4, window=31, stochastic=True, memory_fill=True),
     # persistent objects beyond the window: for worlds trained with memory frames (TrainConfig.memory_frames)
     # the day clock off: relit frames cost the revisits (placed block back in 5.5% of frames with it, 16.1% without,
@@ -133,6 +140,8 @@ def resolve_preset(preset: "str | RuntimePreset", overrides: dict[str, Any], max
         raise ValueError(f"preset {preset} needs steps, window and chunk >= 1")
     if preset.memory < 0 or preset.memory_capacity < 1:
         raise ValueError(f"preset {preset}: memory must be >= 0 (0 = off) and memory_capacity >= 1")
+    if preset.precision not in DIT_PRECISIONS:
+        raise ValueError(f"preset {preset.name}: precision {preset.precision!r} is not one of {', '.join(DIT_PRECISIONS)}")
     if not 0.0 <= preset.warm < 1.0:
         raise ValueError(f"preset {preset}: warm is the level denoising starts from, in [0, 1) (0 = off), got {preset.warm}")
     return preset
@@ -155,7 +164,7 @@ def parse_preset_options(items: Sequence[str]) -> dict[str, Any]:
                     raise ValueError(raw)
                 out[key] = raw.lower() in ("true", "1", "yes", "on")
             else:
-                out[key] = {"int": int, "float": float}[kind](raw)
+                out[key] = {"int": int, "float": float, "str": str}[kind](raw)
         except (ValueError, KeyError):
             raise ValueError(f"preset option {key}: {raw!r} is not a valid {kind}") from None
     return out
@@ -201,6 +210,12 @@ class World:
         return self.preset.fuses_commit and getattr(self.backend, "step_chunk", None) is None
 
     @property
+    def precision(self) -> str:
+        """The DiT's precision as it runs: the onnxruntime graphs' ("fp32" | "int8", the preset's), else "fp32"
+        (torch; TensorRT bundles: see meta["bundle"]["precision"])."""
+        return getattr(self.backend, "precision", "fp32")
+
+    @property
     def ring_slots(self) -> int:
         """Frame slots of a session's KV ring: RuntimePreset.ring_slots where sessions fuse commits, else the window."""
         return self.preset.ring_slots if self.fuses_commit else self.preset.window
@@ -210,7 +225,7 @@ class World:
         calls ``shapes`` (exported into the graph cache once); a no-op on other backends and for bundles."""
         if self._load_models is None or not isinstance(self.backend, OrtBackend):
             return
-        for p in ensure_static_dit(self.backend.graph_dir, shapes, self._load_models):
+        for p in ensure_static_dit(self.backend.graph_dir, shapes, self._load_models, self.backend.precision):
             self.backend.add_static(p)
 
     # -- loading ------------------------------------------------------------------------------------
@@ -277,14 +292,14 @@ class World:
                 shapes.append((2 * preset.chunk, preset.ring_slots))  # the fused commit + denoise pass
             graph_dir = ensure_onnx_graphs(path, ae_path, dit_path, load_models)
             try:
-                ensure_static_dit(graph_dir, shapes, load_models)
-                be = OrtBackend(graph_dir, threads=threads)
+                ensure_static_dit(graph_dir, shapes, load_models, preset.precision)
+                be = OrtBackend(graph_dir, threads=threads, precision=preset.precision)
             except (ValueError, FileNotFoundError):
                 # the graphs are only a cache: one that onnxruntime cannot load is rebuilt, once
                 shutil.rmtree(graph_dir, ignore_errors=True)
                 graph_dir = ensure_onnx_graphs(path, ae_path, dit_path, load_models)
-                ensure_static_dit(graph_dir, shapes, load_models)
-                be = OrtBackend(graph_dir, threads=threads)
+                ensure_static_dit(graph_dir, shapes, load_models, preset.precision)
+                be = OrtBackend(graph_dir, threads=threads, precision=preset.precision)
         else:
             reason = tensorrt_unavailable_reason()
             if reason:

@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import os
 import shutil
 import statistics
@@ -24,36 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from engine.graphs import quantize_dit_int8  # re-exported: bundles and this module's measurements use it
+
 QUANTIZE_CHOICES = ("none", "int8")
-
-
-@contextlib.contextmanager
-def _quiet_root_logger():
-    # onnxruntime.quantization logs a pre-processing hint through the root logger on every call
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
-def quantize_dit_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel: bool = False, reduce_range: bool = True) -> Path:
-    """Write an int8 dynamically quantized copy of a DiT graph (MatMul weights int8); -> dst.
-
-    ``reduce_range`` (7-bit weights) by default: on x86 CPUs without VNNI (AVX2 only) onnxruntime's u8 x s8
-    kernels add pairs of products in int16 and saturate; full-range weights gave a tiny world's DiT outputs
-    errors of 0.57 there (0.03 with VNNI or reduced range). A bundle may be built on one CPU and run on another."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    with _quiet_root_logger():
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=per_channel,
-                         reduce_range=reduce_range)
-    os.replace(tmp, dst)
-    return dst
 
 
 def optimize_offline(src: str | os.PathLike, dst: str | os.PathLike, level: str = "extended") -> Path:
@@ -163,7 +134,7 @@ def measure(world_dir: Path, threads: int = 1, frames: int = 32, calls: int = 20
             for g in ("encoder", "decoder", "dit"):
                 shutil.copy(src / f"{g}.onnx", d / f"{g}.onnx")
             dirs[name] = d
-        quantize_dit_int8(src / "dit.onnx", dirs["int8"] / "dit.onnx")
+        quantize_dit_int8(src / "dit.onnx", dirs["int8"] / "dit.onnx", per_channel=False)
         quantize_dit_int8(src / "dit.onnx", dirs["int8-per-channel"] / "dit.onnx", per_channel=True)
         optimize_offline(src / "dit.onnx", tmp / "dit-offline.onnx")
         graphs = {name: d / "dit.onnx" for name, d in dirs.items()}

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from engine import BackendUnavailable, World
+from engine.graphs import static_dit_name
 from engine.testing import make_tiny_world
 from engine.world import MODEL_ONLY
 from worldsim.actions import ACTION_NAMES
@@ -481,8 +482,8 @@ def test_preset_options_from_the_command_line(world_dir, capsys):
     """`--option KEY=VALUE` (eval, bench): typed like the preset's fields; a bad key or value is a clear error."""
     from engine.world import parse_preset_options
 
-    opts = parse_preset_options(["block_rule=false", "day_clock=OFF", "window=4", "ctx_noise=0.05"])
-    assert opts == {"block_rule": False, "day_clock": False, "window": 4, "ctx_noise": 0.05}
+    opts = parse_preset_options(["block_rule=false", "day_clock=OFF", "window=4", "ctx_noise=0.05", "precision=fp32"])
+    assert opts == {"block_rule": False, "day_clock": False, "window": 4, "ctx_noise": 0.05, "precision": "fp32"}
     w = World.load(world_dir, backend="onnxruntime", threads=1, **opts)
     assert (w.preset.block_rule, w.preset.day_clock, w.preset.window) == (False, False, 4)
     for bad, says in (("blok_rule=false", "KEY one of"), ("window", "KEY=VALUE"), ("window=four", "not a valid int"),
@@ -525,7 +526,7 @@ def test_fixed_shape_graph_serves_the_preset_and_matches_the_dynamic_one(world_c
     be, p = world.backend, world.preset
     assert world.fuses_commit and p.ring_slots == p.window - p.chunk
     key = (2 * p.chunk, p.ring_slots)
-    assert key in be.static and (be.graph_dir / f"dit-b1-k{key[0]}-p{key[1]}.onnx").is_file()
+    assert key in be.static and (be.graph_dir / static_dit_name(*key, world.precision)).is_file()
     rec = _Recorder(be)
     be.dit = rec
     fixed = be.static[key]
@@ -552,7 +553,7 @@ def test_corrupt_fixed_shape_graph_is_rebuilt(world_copy, damage):
     expected = _rollout(world, 4, seed=0)
     p = world.preset
     key = (2 * p.chunk, p.ring_slots)  # the per-frame pass: fused commit + denoise
-    static = world.backend.graph_dir / f"dit-b1-k{key[0]}-p{key[1]}.onnx"
+    static = world.backend.graph_dir / static_dit_name(*key, world.precision)
     if damage == "garbage":
         static.write_bytes(b"\x08\x07garbage" * 1000)
     else:  # a valid graph with the wrong inputs: onnxruntime's check refuses it and the cache is rebuilt
@@ -560,6 +561,92 @@ def test_corrupt_fixed_shape_graph_is_rebuilt(world_copy, damage):
     again = World.load(world_copy)
     assert key in again.backend.static
     assert np.array_equal(_rollout(again, 4, seed=0), expected)
+
+
+def _dit_feed(world: World, key: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs for one DiT call of shape key = (k chunk frames, P cache slots), drawn like a session's."""
+    rng = np.random.default_rng(seed)
+    d, (k, P) = world.dit_cfg, key
+    L, heads, hd, n = d.n_layers, d.n_heads, d.head_dim, d.tokens_per_frame
+    return {"x": rng.standard_normal((1, k, d.latent_channels, d.grid, d.grid), np.float32),
+            "sigma": rng.uniform(0, 1, (1, k)).astype(np.float32), "actions": rng.integers(0, len(ACTION_NAMES), (1, k)),
+            "past_k": rng.standard_normal((L, 1, heads, P * n, hd), np.float32),
+            "past_v": rng.standard_normal((L, 1, heads, P * n, hd), np.float32),
+            "past_t": -np.arange(P, 0, -1, dtype=np.float32)[None], "past_valid": np.ones((1, P), np.float32),
+            "past_shift": np.zeros((1, P, 2), np.float32)}
+
+
+def test_int8_precision_runs_quantized_graphs_close_to_fp32(world_copy):
+    """precision="int8": the onnxruntime DiT graphs (dynamic and fixed-shape) are int8-quantized copies built into
+    the cache on load; the same call agrees with fp32 to a few percent of its range without being the same graph,
+    and a session is deterministic."""
+    import onnx
+
+    fp32 = World.load(world_copy, backend="onnxruntime", threads=1, precision="fp32")
+    int8 = World.load(world_copy, backend="onnxruntime", threads=1)  # `fast` runs int8 by default
+    assert (fp32.precision, int8.precision, World.load(world_copy, preset="quality").precision) == ("fp32", "int8", "fp32")
+    p = int8.preset
+    key = (2 * p.chunk, p.ring_slots)
+    gd = int8.backend.graph_dir
+    assert key in int8.backend.static and (gd / f"dit-b1-k{key[0]}-p{key[1]}-int8.onnx").is_file() and (gd / "dit-int8.onnx").is_file()
+    ops = {n.op_type for n in onnx.load(str(gd / f"dit-b1-k{key[0]}-p{key[1]}-int8.onnx")).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops, ops  # really int8 matmuls
+    feed = _dit_feed(int8, key)
+    a, b = fp32.backend.static[key].run(None, feed), int8.backend.static[key].run(None, feed)
+    for name, x, y in zip(("x0", "k", "v"), a, b):
+        err = float(np.abs(x - y).max())
+        assert 0 < err <= 0.05 * float(np.abs(x).max()), (name, err)
+    assert np.array_equal(_rollout(int8, 6, seed=3), _rollout(int8, 6, seed=3))
+    # the naive bench's shape and other shapes go through the int8 graphs too
+    int8.prepare_shapes([(p.window + 1, 0)])
+    assert (p.window + 1, 0) in int8.backend.static and (gd / f"dit-b1-k{p.window + 1}-p0-int8.onnx").is_file()
+
+
+@pytest.mark.parametrize("B,k,P", [(1, 2, 3), (2, 1, 4), (1, 3, 0)])
+def test_onnx_dit_reads_rotated_keys_like_torch(world_dir, B, k, P):
+    """The onnxruntime DiT graphs rotate the cached keys with one fused RotaryEmbedding node per layer
+    (engine.graphs.fused_past_rotation): the same outputs as torch for batches, an empty cache, memory-like
+    shifted slots and uneven times, in the dynamic and the fixed-shape graphs."""
+    import onnx
+
+    from worldsim.train import load_dit
+
+    world = World.load(world_dir, backend="onnxruntime", threads=1, precision="fp32")
+    dit = load_dit(Path(world_dir) / "dit.safetensors")
+    gd = world.backend.graph_dir
+    assert sum(n.op_type == "RotaryEmbedding" for n in onnx.load(str(gd / "dit.onnx")).graph.node) == dit.cfg.n_layers
+    feed = _dit_feed(world, (k, P), seed=B)
+    if B > 1:
+        feed = {n: np.concatenate([v] * B, 1 if n in ("past_k", "past_v") else 0) for n, v in feed.items()}
+    rng = np.random.default_rng(7)
+    feed["past_t"] = (feed["past_t"] - rng.integers(0, 3, (B, 1))).astype(np.float32)  # rows at different times
+    feed["past_shift"] = rng.integers(-2, 3, (B, P, 2)).astype(np.float32)  # as memory slots read from another pose
+    with torch.no_grad():
+        ref = dit(*[torch.from_numpy(np.asarray(feed[n])) for n in ("x", "sigma", "actions", "past_k", "past_v", "past_t", "past_valid", "past_shift")])
+    graphs = [world.backend.sessions["dit"]]
+    if B == 1:
+        world.prepare_shapes([(k, P)])
+        graphs.append(world.backend.static[(k, P)])
+    for g in graphs:
+        out = g.run(None, {i.name: feed[i.name] for i in g.get_inputs()})
+        for o, r in zip(out, ref):
+            np.testing.assert_allclose(o, r.numpy(), atol=2e-5)
+
+
+def test_int8_precision_errors_and_cache_repair(world_copy):
+    """An unknown precision is a clear error; a corrupt int8 graph is quantized again (it is only a cache); the
+    torch backend runs fp32 and says so."""
+    with pytest.raises(ValueError, match="precision 'fp16' is not one of fp32, int8"):
+        World.load(world_copy, precision="fp16")
+    world = World.load(world_copy, precision="int8")
+    expected = _rollout(world, 4, seed=0)
+    p = world.preset
+    bad = world.backend.graph_dir / f"dit-b1-k{2 * p.chunk}-p{p.ring_slots}-int8.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 1000)
+    (world.backend.graph_dir / "dit-int8.onnx").unlink()
+    again = World.load(world_copy, precision="int8")
+    assert np.array_equal(_rollout(again, 4, seed=0), expected)
+    assert World.load(world_copy, backend="torch", precision="int8").precision == "fp32"
 
 
 def test_onnx_cache_key_follows_the_model_code(world_copy, monkeypatch):

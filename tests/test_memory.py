@@ -793,7 +793,8 @@ def test_session_batch_refuses_memory_sessions(tmp_path):
     world = World.load(path, backend="onnxruntime", preset="memory", threads=1)
     with pytest.raises(ValueError, match="memory"):
         SessionBatch([world.new_session(seed=0), world.new_session(seed=1)])
-    fast = World.load(path, backend="onnxruntime", preset="fast", threads=1)
+    # float32: int8 graphs quantize a call's activations over the whole batch (engine.batch), so only float32 is exact
+    fast = World.load(path, backend="onnxruntime", preset="fast", threads=1, precision="fp32")
     assert fast.memory_config is not None and fast.memory_config.fill and fast.memory_config.slots == 0
     # a batch runs the dynamic-shape graph; a lone session would take the fixed-shape one (equal to ~1e-6):
     # compare like with like, bit for bit

@@ -239,6 +239,9 @@ class Block(nn.Module):
         self.ada = nn.Linear(d, 6 * d)
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
+        # the read-time rotation of the cached keys (B,H,Sp,dh) by angles (B,1,Sp,dh/2): the same math as rotate;
+        # an ONNX export may swap in one fused node (engine.graphs.fused_past_rotation), never the weights
+        self.rotate_past = rotate
 
     def forward(
         self,
@@ -274,7 +277,7 @@ class Block(nn.Module):
         q = rotate(rotate(q, ang_space[None, None]), ang_t)
         k_cur = rotate(k_store, ang_t)
         if past_k is not None:
-            k_all = torch.cat([rotate(past_k, past_ang[:, None]), k_cur], 2)
+            k_all = torch.cat([self.rotate_past(past_k, past_ang[:, None]), k_cur], 2)
             v_all = torch.cat([past_v, v], 2)
         else:
             k_all, v_all = k_cur, v
