@@ -135,7 +135,9 @@ class _OrtRotary(torch.autograd.Function):
         count = g.op("Squeeze", g.op("Mul", b, s), g.op("Constant", value_t=torch.tensor([0])))
         ids = g.op("Range", g.op("Constant", value_t=torch.tensor(0)), count, g.op("Constant", value_t=torch.tensor(1)))
         ids = g.op("Reshape", ids, g.op("Concat", b, s, axis_i=0), allowzero_i=1)  # S may be 0 (an empty cache)
-        return g.op("com.microsoft::RotaryEmbedding", x, ids, g.op("Cos", rows), g.op("Sin", rows), interleaved_i=0)
+        out = g.op("com.microsoft::RotaryEmbedding", x, ids, g.op("Cos", rows), g.op("Sin", rows), interleaved_i=0)
+        out.setType(x.type())  # the exporter cannot infer a contrib op's output: the same type and shape as x
+        return out
 
 
 def _ort_rotate_past(x: torch.Tensor, ang: torch.Tensor) -> torch.Tensor:
