@@ -9,13 +9,14 @@ Three readings of held-out real frames (seeds 950,000-950,001), each against the
 If 3 is no better than 2, the decoder is not the bottleneck: the encoder drops the tile. The reader on the
 noise-free originals is the ceiling of any decoder that draws a noisy night as its mean in uint8 pixels.
 
-    python demos/autoencoder_night.py [--train-episodes 8] [--steps 6000]
+    python demos/autoencoder_night.py [--world W] [--reader R] [--train-episodes 8] [--steps 6000]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -54,10 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train-episodes", type=int, default=8, help="probe training episodes (seeds 500,000+)")
     p.add_argument("--steps", type=int, default=6000, help="probe training steps (batches of 1,024 tiles)")
+    p.add_argument("--world", type=Path, default=None, help="world directory (default: the shipped world)")
+    p.add_argument("--reader", type=Path, default=None, help="tile reader of that world's autoencoder (default: WORLD/reader.safetensors)")
     args = p.parse_args(argv)
-    world = default_world_dir()
+    world = args.world or default_world_dir()
     ae = load_autoencoder(world / "autoencoder.safetensors").eval()
-    reader = load_reader(world / "reader.safetensors", autoencoder=world / "autoencoder.safetensors")
+    reader = load_reader(args.reader or world / "reader.safetensors", autoencoder=world / "autoencoder.safetensors")
     t0 = time.time()
     test = _episodes([950_000, 950_001])
 

@@ -217,6 +217,39 @@ def test_checkpoint_roundtrip_identical_outputs(tmp_path):
     assert torch.equal(ae.decode(ae.encode(x)), ae2.decode(ae2.encode(x)))
 
 
+def test_tile_loss_teaches_the_latents_the_tiles_and_stays_out_of_the_graphs(tmp_path):
+    """AEConfig.tile_loss: a head on the noisy latents learns the view's tile ids (its cross-entropy falls on a
+    fixed batch); training without the tiles is a clear error; the head travels in the checkpoint and never
+    enters encode/decode (the exported graphs are those of the plain design)."""
+    from worldsim.autoencoder import AEConfig
+
+    with pytest.raises(ValueError, match="tile_classes"):
+        AEConfig(tile_loss=0.1).validate()
+    assert not hasattr(Autoencoder(ae_preset("tiny")), "tile_head")
+    torch.manual_seed(0)
+    ae = Autoencoder(ae_preset("tiny-tiles"))
+    x = torch.rand(4, 3, 72, 72)
+    tiles = torch.randint(0, ae.cfg.tile_classes, (4, 7, ae.cfg.grid))
+    with pytest.raises(ValueError, match="semantic tiles"):
+        ae.loss(x)
+    opt = torch.optim.AdamW(ae.parameters(), lr=3e-3)
+    ce = []
+    for _ in range(150):
+        loss, parts = ae(x, tiles)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ce.append(parts["tile_ce"])
+    assert ce[-1] < 0.5 * ce[0], (ce[0], ce[-1])
+    save_model(tmp_path / "ae.safetensors", "autoencoder", ae, ae.cfg)
+    ae2 = load_autoencoder(tmp_path / "ae.safetensors")
+    assert ae2.cfg.tile_loss == 0.1 and torch.equal(ae2.tile_head[0].weight, ae.tile_head[0].weight)
+    with torch.no_grad():  # the head reads the latents; it never writes them
+        ae2.tile_head[0].weight.zero_()
+        ae.eval(), ae2.eval()
+        assert torch.equal(ae.decode(ae.encode(x)), ae2.decode(ae2.encode(x)))
+
+
 def test_corrupt_and_mismatched_checkpoints_give_clear_errors(tmp_path):
     cfg = dit_preset("tiny")
     m = CausalDiT(cfg)

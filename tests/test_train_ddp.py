@@ -30,6 +30,10 @@ def test_tiny_training_pipeline_with_two_process_ddp(tmp_path):
     _run(ws + ["train", "autoencoder", "--data", str(train), "--val-data", str(val), "--out", str(tmp_path / "ae"),
                "--preset", "tiny", "--steps", "6", "--no-progress", "--threads", "1"], tmp_path)
     ae = tmp_path / "ae" / "autoencoder.safetensors"
+    # the tile-class loss reads the recording's semantic maps (AEConfig.tile_loss)
+    _run(ws + ["train", "autoencoder", "--data", str(train), "--val-data", str(val), "--out", str(tmp_path / "ae-tiles"),
+               "--preset", "tiny", "--set", "model=tiny-tiles", "--steps", "6", "--no-progress", "--threads", "1"], tmp_path)
+    assert '"tile_ce"' in (tmp_path / "ae-tiles" / "log.jsonl").read_text()
     dit_args = ["train", "dit", "--data", str(train), "--val-data", str(val), "--ae", str(ae), "--out", str(tmp_path / "dit"),
                 "--preset", "tiny", "--no-progress", "--threads", "1"]
     ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "worldsim"]

@@ -28,6 +28,11 @@ class AEConfig:
     dec_hidden: int = 256
     latent_noise: float = 0.1  # training-time noise on latents: a smooth, diffusion-friendly code
     latent_l2: float = 1e-3  # keeps the raw latent scale near 1
+    # a tile-class loss on the (noisy) latents of the view's tiles, through a small head used in training only: keeps
+    # what a tile is where its pixels barely show it (deep night: a level under the game's noise, which pixel MSE
+    # averages away; session 13). 0 = off (no head). tile_classes: the game's semantic ids.
+    tile_loss: float = 0.0
+    tile_classes: int = 0
 
     @property
     def grid(self) -> int:
@@ -38,11 +43,16 @@ class AEConfig:
         """Raise ValueError for inconsistent sizes."""
         if self.image_size % self.patch:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch {self.patch}")
+        if self.tile_loss < 0 or (self.tile_loss > 0) != (self.tile_classes > 0):
+            raise ValueError(f"tile_loss ({self.tile_loss}) needs tile_classes > 0 and the reverse (got {self.tile_classes})")
 
 
 AE_PRESETS: dict[str, AEConfig] = {
     "tiny": AEConfig(latent_channels=8, enc_hidden=32, dec_hidden=32),
+    "tiny-tiles": AEConfig(latent_channels=8, enc_hidden=32, dec_hidden=32, tile_loss=0.1, tile_classes=19),
     "small": AEConfig(),
+    # the shipped size with the tile-class loss (19 = len(worldsim.crafter_env.SEMANTIC_NAMES))
+    "small-tiles": AEConfig(tile_loss=0.1, tile_classes=19),
 }
 
 
@@ -67,6 +77,8 @@ class Autoencoder(nn.Module):
         self.dec_in = nn.Linear(cfg.latent_channels, d)
         self.dec_pos = nn.Parameter(torch.zeros(g * g, d))
         self.decoder = nn.Sequential(nn.GELU(), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d), nn.GELU(), nn.Linear(d, pix))
+        if cfg.tile_loss > 0:  # training only: encode/decode (and the exported graphs) never use it
+            self.tile_head = nn.Sequential(nn.Linear(cfg.latent_channels, 64), nn.GELU(), nn.Linear(64, cfg.tile_classes))
         # Latent statistics over the training data, set after training (used to normalize for the DiT).
         self.register_buffer("latent_mean", torch.zeros(cfg.latent_channels))
         self.register_buffer("latent_std", torch.ones(cfg.latent_channels))
@@ -95,12 +107,14 @@ class Autoencoder(nn.Module):
         z = z * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
         return self.decode_raw(z).clamp(0, 1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, x: torch.Tensor, tiles: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """The training loss (so that DDP's forward computes it): see ``loss``."""
-        return self.loss(x)
+        return self.loss(x, tiles)
 
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Training loss on a batch (B,3,S,S) in [0,1]: MSE + L1 on pixels, small L2 on latents."""
+    def loss(self, x: torch.Tensor, tiles: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss on a batch (B,3,S,S) in [0,1]: MSE + L1 on pixels, small L2 on latents, and with
+        cfg.tile_loss the tile-class cross-entropy of the noisy latents against ``tiles`` (B,R,g) int64 semantic
+        ids of the top R rows (the game's view; the inventory rows below are not scored)."""
         z = self.encode_raw(x)
         zn = z + self.cfg.latent_noise * torch.randn_like(z)
         y = self.decode_raw(zn)
@@ -108,7 +122,16 @@ class Autoencoder(nn.Module):
         l1 = F.l1_loss(y.float(), x.float())
         reg = z.float().pow(2).mean()
         loss = mse + 0.1 * l1 + self.cfg.latent_l2 * reg
-        return loss, {"mse": mse.item(), "l1": l1.item(), "z2": reg.item()}
+        parts = {"mse": mse.item(), "l1": l1.item(), "z2": reg.item()}
+        if self.cfg.tile_loss > 0:
+            if tiles is None:
+                raise ValueError("this autoencoder trains with a tile-class loss: pass the frames' semantic tiles (B,R,g)")
+            R = tiles.shape[1]
+            logits = self.tile_head(zn[:, :, :R].permute(0, 2, 3, 1).float())  # (B,R,g,classes)
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tiles.reshape(-1))
+            loss = loss + self.cfg.tile_loss * ce
+            parts["tile_ce"] = ce.item()
+        return loss, parts
 
 
 def frames_to_tensor(frames: torch.Tensor) -> torch.Tensor:

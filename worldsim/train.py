@@ -333,9 +333,11 @@ def train_autoencoder(data: str, out: str, cfg: TrainConfig, progress: bool = Tr
     model_cfg = ae_preset(cfg.model)
     torch.manual_seed(cfg.seed)
     trainer = Trainer("autoencoder", Autoencoder(model_cfg), model_cfg, cfg, Path(out), {"data": str(data)})
-    train = _open(data, "train", cfg.max_train_episodes, ("frames", "daylight"))
+    tiles = model_cfg.tile_loss > 0  # the tile-class loss reads the game's semantic map of each frame
+    train = _open(data, "train", cfg.max_train_episodes, ("frames", "daylight", "semantic") if tiles else ("frames", "daylight"))
     val = _open(val_data or data, "val", cfg.max_val_episodes, ("frames", "daylight", "semantic"))
     frames = train.array("frames")  # (N,S,S,3): all episodes back to back, no copy
+    semantic = train.array("semantic") if tiles else None  # (N,7,9) the view's tile ids
     vframes, vday = val.array("frames"), val.array("daylight")
     if frames.shape[1] != model_cfg.image_size:
         raise ValueError(f"dataset frames are {frames.shape[1]}px but the autoencoder preset expects {model_cfg.image_size}px")
@@ -346,8 +348,9 @@ def train_autoencoder(data: str, out: str, cfg: TrainConfig, progress: bool = Tr
     while trainer.step < cfg.steps:
         idx = rng.integers(0, len(frames), per_rank)
         x = frames_to_tensor(torch.from_numpy(frames[idx])).to(trainer.device)
+        sem = torch.from_numpy(semantic[idx].astype(np.int64)).to(trainer.device) if tiles else None
         with trainer.autocast():
-            loss, parts = trainer.net(x)  # Autoencoder.forward is its training loss
+            loss, parts = trainer.net(x, sem)  # Autoencoder.forward is its training loss
         gn = trainer.update(loss)
         seen += per_rank * trainer.world
         if trainer.step % cfg.log_every == 0:
