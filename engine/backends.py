@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from engine.graphs import DIT_PRECISIONS, GRAPH_IO, GRAPH_NAMES, OPSET, dit_graph_name, static_dit_name, weights_hash
+from engine.graphs import GRAPH_IO, GRAPH_NAMES, OPSET, dit_graph_name, static_dit_name, weights_hash
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
@@ -93,11 +93,10 @@ class OrtBackend:
             import onnxruntime as ort
         except ImportError as e:  # pragma: no cover - onnxruntime is a core dependency
             raise BackendUnavailable(f"onnxruntime is not installed: {e}") from None
-        if precision not in DIT_PRECISIONS:
-            raise ValueError(f"unknown DiT precision {precision!r}; choose from {', '.join(DIT_PRECISIONS)}")
         graph_dir = Path(graph_dir)
         self.graph_dir = graph_dir
         self.precision = precision
+        dit_file = dit_graph_name(precision)  # an unknown precision: a ValueError naming the choices
         self.threads = threads or min(os.cpu_count() or 1, 4)
         self.spinning = spinning
         self._providers = providers or ["CPUExecutionProvider"]
@@ -110,7 +109,7 @@ class OrtBackend:
         self._options = so
         self.sessions = {}
         for name in GRAPH_NAMES:
-            path = graph_dir / (dit_graph_name(precision) if name == "dit" else f"{name}.onnx")
+            path = graph_dir / (dit_file if name == "dit" else f"{name}.onnx")
             if not path.is_file():
                 raise FileNotFoundError(f"ONNX graph missing: {path}")
             self.sessions[name] = self._open(path, name)
@@ -285,15 +284,9 @@ def _graphs_valid(d: Path, key: str) -> bool:
         return False
     if done.get("key") != key:
         return False
-    import onnx
-
-    for name in GRAPH_NAMES:
-        p = d / f"{name}.onnx"
-        try:
-            onnx.checker.check_model(str(p))
-        except Exception:
-            shutil.rmtree(d, ignore_errors=True)  # corrupt cache: rebuild it
-            return False
+    if not all(_valid_graph(d / f"{name}.onnx") for name in GRAPH_NAMES):
+        shutil.rmtree(d, ignore_errors=True)  # corrupt cache: rebuild it
+        return False
     return True
 
 
