@@ -15,7 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from engine.graphs import GRAPH_IO, GRAPH_NAMES, OPSET, dit_graph_name, static_dit_name, weights_hash
+from engine.graphs import GRAPH_IO, GRAPH_NAMES, OPSET, dit_graph_name, graph_io, static_dit_name, weights_hash
+from worldsim.light import decoder_noise, unlit_hint
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
@@ -56,6 +57,8 @@ class TorchBackend:
         self.torch = torch
         self.device = torch.device(device)
         self.encoder = EncoderGraph(ae).to(self.device).eval()
+        self.lit = ae.cfg.lit  # a lit autoencoder: hints in, the night's noise into the decoder (worldsim.light)
+        self.view_shape = (7 * (ae.cfg.image_size // 9), 9 * (ae.cfg.image_size // 9))
         self.decoder = DecoderGraph(ae).to(self.device).eval()
         self.dit_module = dit.to(self.device).eval()
         self._dit = torch.compile(self.dit_module, dynamic=True) if compile else self.dit_module
@@ -66,12 +69,18 @@ class TorchBackend:
     def encode(self, frames: np.ndarray) -> np.ndarray:
         """uint8 (B,H,W,3) -> float32 (B,C,g,g)."""
         with self.torch.inference_mode():
+            if self.lit:
+                hint, light = unlit_hint(np.asarray(frames, np.uint8))
+                return self.encoder(self._t(frames), self._t(hint), self._t(light)).cpu().numpy()
             return self.encoder(self._t(frames)).cpu().numpy()
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """float32 (B,C,g,g) -> uint8 (B,H,W,3)."""
+        latents = latents.astype(np.float32)
         with self.torch.inference_mode():
-            return self.decoder(self._t(latents.astype(np.float32))).cpu().numpy()
+            if self.lit:
+                return self.decoder(self._t(latents), self._t(decoder_noise(latents, self.view_shape))).cpu().numpy()
+            return self.decoder(self._t(latents)).cpu().numpy()
 
     def dit(self, x, sigma, actions, past_k, past_v, past_t, past_valid, past_shift):
         """One chunk: -> (x0, k, v) as numpy float32."""
@@ -113,6 +122,10 @@ class OrtBackend:
             if not path.is_file():
                 raise FileNotFoundError(f"ONNX graph missing: {path}")
             self.sessions[name] = self._open(path, name)
+        enc = self.sessions["encoder"]
+        self.lit = len(enc.get_inputs()) > 1  # a lit autoencoder's graphs (engine.graphs.LIT_GRAPH_IO)
+        noise = [i for i in self.sessions["decoder"].get_inputs() if i.name == "noise"]
+        self.view_shape = tuple(noise[0].shape[1:]) if noise else None
         # DiT graphs fixed to one shape (engine.graphs.export_static_dit) at this precision: used where a call's shapes match
         self.static: dict[tuple[int, int], object] = {}
         if static:
@@ -130,8 +143,9 @@ class OrtBackend:
         except Exception as e:  # onnxruntime raises its own exception types for corrupt graphs
             raise ValueError(f"ONNX graph {path} is corrupt or invalid: {e}") from None
         io_names = (tuple(i.name for i in sess.get_inputs()), tuple(o.name for o in sess.get_outputs()))
-        if io_names != GRAPH_IO[name]:
-            raise ValueError(f"ONNX graph {path} has inputs/outputs {io_names}, expected {GRAPH_IO[name]}")
+        if io_names not in (graph_io(name), graph_io(name, lit=True)):
+            raise ValueError(f"ONNX graph {path} has inputs/outputs {io_names}, expected {GRAPH_IO[name]} "
+                             f"(or a lit autoencoder's {graph_io(name, lit=True)})")
         return sess
 
     def add_static(self, path: str | os.PathLike) -> None:
@@ -146,11 +160,17 @@ class OrtBackend:
 
     def encode(self, frames: np.ndarray) -> np.ndarray:
         """uint8 (B,H,W,3) -> float32 (B,C,g,g)."""
-        return self.sessions["encoder"].run(None, {"frames": np.ascontiguousarray(frames, dtype=np.uint8)})[0]
+        feed = {"frames": np.ascontiguousarray(frames, dtype=np.uint8)}
+        if self.lit:
+            feed["hint"], feed["light"] = unlit_hint(feed["frames"])
+        return self.sessions["encoder"].run(None, feed)[0]
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """float32 (B,C,g,g) -> uint8 (B,H,W,3)."""
-        return self.sessions["decoder"].run(None, {"latents": np.ascontiguousarray(latents, dtype=np.float32)})[0]
+        feed = {"latents": np.ascontiguousarray(latents, dtype=np.float32)}
+        if self.lit:
+            feed["noise"] = decoder_noise(feed["latents"], self.view_shape)
+        return self.sessions["decoder"].run(None, feed)[0]
 
     def dit(self, x, sigma, actions, past_k, past_v, past_t, past_valid, past_shift):
         """One chunk: -> (x0, k, v)."""

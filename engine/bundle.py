@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.graphs import GRAPH_IO, GRAPH_NAMES, TensorSpec, graph_specs
+from engine.graphs import GRAPH_NAMES, TensorSpec, graph_io, graph_specs
 from worldsim.actions import ACTION_NAMES, NULL_ACTION
 from worldsim.io import read_json, sha256_file  # noqa: F401  (sha256_file: export uses it from here)
 
@@ -167,8 +167,8 @@ def read_manifest(path: str | os.PathLike, verify_hashes: bool = True, check_gra
             raise BundleError(f"{gw}: precision {precision!r} is not one of {', '.join(GRAPH_PRECISIONS)}")
         ins, outs = _need(g, "inputs", list, gw), _need(g, "outputs", list, gw)
         names = (tuple(s.get("name") for s in ins if isinstance(s, dict)), tuple(s.get("name") for s in outs if isinstance(s, dict)))
-        if names != GRAPH_IO[name]:
-            raise BundleError(f"{gw}: inputs/outputs {names} are not the {name} graph's {GRAPH_IO[name]}")
+        if names != graph_io(name, ae_cfg.lit):
+            raise BundleError(f"{gw}: inputs/outputs {names} are not the {name} graph's {graph_io(name, ae_cfg.lit)}")
         if {"inputs": ins, "outputs": outs} != want[name]:
             raise BundleError(f"{gw}: declared shapes/dtypes do not fit the model configs: {ins} -> {outs}, expected "
                               f"{want[name]['inputs']} -> {want[name]['outputs']}")

@@ -31,6 +31,18 @@ GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "dit": (("x", "sigma", "actions", "past_k", "past_v", "past_t", "past_valid", "past_shift"), ("x0", "k", "v")),
     "decoder": (("latents",), ("frames",)),
 }
+# a lit autoencoder's graphs (AEConfig.lit): the encoder also reads the texture model's unlit hint and light estimate
+# (computed on the host: worldsim.light.unlit_hint), the decoder the night's noise (worldsim.light.decoder_noise)
+LIT_GRAPH_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    **GRAPH_IO,
+    "encoder": (("frames", "hint", "light"), ("latents",)),
+    "decoder": (("latents", "noise"), ("frames",)),
+}
+
+
+def graph_io(name: str, lit: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Input and output names of graph ``name`` for a plain or a lit autoencoder."""
+    return (LIT_GRAPH_IO if lit else GRAPH_IO)[name]
 
 
 @dataclass(frozen=True)
@@ -49,9 +61,11 @@ class EncoderGraph(nn.Module):
         super().__init__()
         self.ae = ae
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (B,H,W,3) -> float32 (B,C,g,g)."""
+    def forward(self, frames: torch.Tensor, hint: torch.Tensor | None = None, light: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (B,H,W,3) [+ lit: hint uint8 (B,H,W,3), light float32 (B,2)] -> float32 (B,C,g,g)."""
         x = frames.permute(0, 3, 1, 2).float() / 255.0
+        if self.ae.cfg.lit:
+            return self.ae.encode(x, (hint.permute(0, 3, 1, 2).float() / 255.0, light))
         return self.ae.encode(x)
 
 
@@ -62,19 +76,24 @@ class DecoderGraph(nn.Module):
         super().__init__()
         self.ae = ae
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """float32 (B,C,g,g) -> uint8 (B,H,W,3)."""
-        x = self.ae.decode(z)  # (B,3,H,W) in [0,1]
+    def forward(self, z: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """float32 (B,C,g,g) [+ lit: the night's noise float32 (B,7u,9u)] -> uint8 (B,H,W,3)."""
+        x = self.ae.decode(z, noise) if self.ae.cfg.lit else self.ae.decode(z)  # (B,3,H,W) in [0,1]
         return (x * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def graph_specs(ae: Autoencoder, dit: CausalDiT) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
     """Inputs and outputs of each graph. Dynamic axes: B (sessions), k (chunk frames), P (cache slots)."""
     S, C, g = ae.cfg.image_size, ae.cfg.latent_channels, ae.cfg.grid
+    enc_in, dec_in = [TensorSpec("frames", ("B", S, S, 3), "uint8")], [TensorSpec("latents", ("B", C, g, g), "float32")]
+    if ae.cfg.lit:
+        u = S // 9
+        enc_in += [TensorSpec("hint", ("B", S, S, 3), "uint8"), TensorSpec("light", ("B", 2), "float32")]
+        dec_in += [TensorSpec("noise", ("B", 7 * u, 9 * u), "float32")]
     return {
-        "encoder": ([TensorSpec("frames", ("B", S, S, 3), "uint8")], [TensorSpec("latents", ("B", C, g, g), "float32")]),
+        "encoder": (enc_in, [TensorSpec("latents", ("B", C, g, g), "float32")]),
         "dit": graph_specs_dit(dit),
-        "decoder": ([TensorSpec("latents", ("B", C, g, g), "float32")], [TensorSpec("frames", ("B", S, S, 3), "uint8")]),
+        "decoder": (dec_in, [TensorSpec("frames", ("B", S, S, 3), "uint8")]),
     }
 
 

@@ -160,6 +160,27 @@ class CrafterEnv:
             world.random = game_rng
         return frame
 
+    def render_unlit(self, size: int | None = None) -> np.ndarray:
+        """The current frame with the view unlit (size, size, 3) uint8: the tiles as drawn before crafter lights
+        them (no night, no sleep; ``worldsim.light.game_light`` lights it back); no side effect on the game."""
+        if not self._ready:
+            raise RuntimeError("call reset() before render_unlit()")
+        view = self._env._local_view
+        # instance attributes shadow LocalView's methods for this one render
+        view._light = lambda canvas, daylight: canvas
+        view._sleep = lambda canvas: canvas
+        try:
+            return self._env.render((self.size if size is None else _check_size(size),) * 2)
+        finally:
+            del view._light, view._sleep
+
+    def night_noise(self, size: int | None = None) -> np.ndarray:
+        """(7u, 9u) float64: the night noise ``render`` draws into the current view (row/col order, uniform in
+        [32, 127); drawn only while daylight < 0.5), from the same per-(world, step) generator."""
+        u = (self.size if size is None else _check_size(size)) // 9
+        rng = np.random.Generator(np.random.PCG64([self._world_seed, self._env._step, 0x6E6F6973]))
+        return rng.uniform(32, 127, (9 * u, 7 * u)).T
+
     # -- state accessors -------------------------------------------------------------------
     @property
     def step_count(self) -> int:

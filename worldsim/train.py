@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import time
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -334,13 +336,18 @@ def train_autoencoder(data: str, out: str, cfg: TrainConfig, progress: bool = Tr
     torch.manual_seed(cfg.seed)
     trainer = Trainer("autoencoder", Autoencoder(model_cfg), model_cfg, cfg, Path(out), {"data": str(data)})
     tiles = model_cfg.tile_loss > 0  # the tile-class loss reads the game's semantic map of each frame
-    train = _open(data, "train", cfg.max_train_episodes, ("frames", "daylight", "semantic") if tiles else ("frames", "daylight"))
+    fields = ("frames", "daylight") + (("semantic",) if tiles else ()) + (("unlit", "sleeping") if model_cfg.lit else ())
+    train = _open(data, "train", cfg.max_train_episodes, fields)
     val = _open(val_data or data, "val", cfg.max_val_episodes, ("frames", "daylight", "semantic"))
     frames = train.array("frames")  # (N,S,S,3): all episodes back to back, no copy
     semantic = train.array("semantic") if tiles else None  # (N,7,9) the view's tile ids
     vframes, vday = val.array("frames"), val.array("daylight")
     if frames.shape[1] != model_cfg.image_size:
         raise ValueError(f"dataset frames are {frames.shape[1]}px but the autoencoder preset expects {model_cfg.image_size}px")
+    if model_cfg.lit:  # the encoder's hints (the texture model's unlit reading), once per run, cached in the run
+        hint_view, hint_light = _lit_hints(Path(out), frames, progress and trainer.rank == 0)
+        unlit = train.array("unlit")
+        light = np.stack([train.array("daylight"), train.array("sleeping")], 1).astype(np.float32)
     rng = np.random.default_rng(cfg.seed + 1000 * trainer.rank)
     per_rank = max(1, cfg.batch // trainer.world)
     bar = _bar(cfg.steps, trainer.step, progress and trainer.rank == 0, "autoencoder")
@@ -349,8 +356,13 @@ def train_autoencoder(data: str, out: str, cfg: TrainConfig, progress: bool = Tr
         idx = rng.integers(0, len(frames), per_rank)
         x = frames_to_tensor(torch.from_numpy(frames[idx])).to(trainer.device)
         sem = torch.from_numpy(semantic[idx].astype(np.int64)).to(trainer.device) if tiles else None
+        lit = None
+        if model_cfg.lit:
+            dev = trainer.device
+            lit = (frames_to_tensor(torch.from_numpy(hint_view[idx])).to(dev), torch.from_numpy(hint_light[idx]).to(dev),
+                   frames_to_tensor(torch.from_numpy(unlit[idx])).to(dev), torch.from_numpy(light[idx]).to(dev))
         with trainer.autocast():
-            loss, parts = trainer.net(x, sem)  # Autoencoder.forward is its training loss
+            loss, parts = trainer.net(x, sem, lit)  # Autoencoder.forward is its training loss
         gn = trainer.update(loss)
         seen += per_rank * trainer.world
         if trainer.step % cfg.log_every == 0:
@@ -372,6 +384,35 @@ def train_autoencoder(data: str, out: str, cfg: TrainConfig, progress: bool = Tr
     return out_path
 
 
+def _lit_hints(run_dir: Path, frames: np.ndarray, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The texture model's unlit reading of every training frame (worldsim.light.unlit_hint): (N,S,S,3) uint8,
+    (N,2) float32; cached in the run directory (``hints.npz``, checked against the frames' count and a digest)."""
+    from worldsim.light import unlit_hint
+
+    path = run_dir / "hints.npz"
+    digest = hashlib.sha256(frames[:: max(1, len(frames) // 64)].tobytes()).hexdigest()[:16]
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["digest"]) == digest and len(z["view"]) == len(frames):
+                    return z["view"], z["light"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # a torn or foreign cache: computed again below
+    view, light = np.empty_like(frames), np.empty((len(frames), 2), np.float32)
+    bar = _bar(len(frames), 0, progress, "hints")
+    for i in range(0, len(frames), 2048):
+        view[i:i + 2048], light[i:i + 2048] = unlit_hint(frames[i:i + 2048])
+        if bar:
+            bar.update(len(view[i:i + 2048]))
+    if bar:
+        bar.close()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f"hints.{os.getpid()}.tmp.npz"  # DDP ranks each compute it: no shared temporary
+    np.savez(tmp, view=view, light=light, digest=np.array(digest))
+    os.replace(tmp, path)
+    return view, light
+
+
 @torch.no_grad()
 def _set_latent_stats(ae: Autoencoder, frames: np.ndarray, device: torch.device, n: int = 4096) -> None:
     """Per-channel mean/std of raw latents over (a sample of) the training frames."""
@@ -379,7 +420,7 @@ def _set_latent_stats(ae: Autoencoder, frames: np.ndarray, device: torch.device,
     zs = []
     for i in range(0, len(idx), 256):
         x = frames_to_tensor(torch.from_numpy(frames[np.sort(idx[i:i + 256])])).to(device)
-        zs.append(ae.encode_raw(x).float())
+        zs.append(ae.encode_raw(x).float())  # a lit autoencoder computes its hints here
     z = torch.cat(zs)
     ae.latent_mean.copy_(z.mean((0, 2, 3)))
     ae.latent_std.copy_(z.std((0, 2, 3)).clamp_min(1e-3))
@@ -395,7 +436,9 @@ def _validate_ae(trainer: Trainer, vframes: np.ndarray, vday: np.ndarray) -> dic
     recon = []
     for i in range(0, n, 128):
         x = frames_to_tensor(torch.from_numpy(vframes[idx[i:i + 128]])).to(trainer.device)
-        recon.append(tensor_to_frames(ae.decode_raw(ae.encode_raw(x)).clamp(0, 1)).cpu().numpy())
+        # a lit autoencoder draws the night with its own noise: by day its frames are the game's
+        y = ae.decode(ae.encode(x)) if ae.cfg.lit else ae.decode_raw(ae.encode_raw(x)).clamp(0, 1)
+        recon.append(tensor_to_frames(y).cpu().numpy())
     recon = np.concatenate(recon)
     true = vframes[idx]
     day = vday[idx] >= 0.5

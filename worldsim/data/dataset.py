@@ -23,6 +23,7 @@ from worldsim.data.format import (
     ALL_FIELDS,
     EVENTS_FIELD,
     MANIFEST,
+    OPTIONAL_FIELDS,
     SHARD_FIELDS,
     SPLITS,
     DatasetError,
@@ -207,18 +208,18 @@ class Dataset:
         """Read the episodes of ``split`` into an ``EpisodeStore`` (``actions`` is always loaded)."""
         wanted = list(ALL_FIELDS if fields is None else fields)
         for name in wanted:
-            if name not in ALL_FIELDS:
-                raise ValueError(f"unknown field {name!r}; fields: {', '.join(ALL_FIELDS)}")
+            if name not in ALL_FIELDS and name not in OPTIONAL_FIELDS:
+                raise ValueError(f"unknown field {name!r}; fields: {', '.join((*ALL_FIELDS, *OPTIONAL_FIELDS))}")
         if "actions" not in wanted:
             wanted.append("actions")
         entries = self.select(split, max_episodes)
         if not entries:
             raise DatasetError(f"{self.root}: no {split!r} episodes (the dataset has {len(self.entries)} episodes)")
-        per_frame = [n for n in SHARD_FIELDS if n in wanted]
+        per_frame = [n for n in (*SHARD_FIELDS, *OPTIONAL_FIELDS) if n in wanted]
         total = sum(e["frames"] for e in entries)
         arrays: dict[str, np.ndarray] = {}
         for name in per_frame:  # preallocate: no second copy of the frames while loading
-            dtype, shape = SHARD_FIELDS[name]
+            dtype, shape = {**SHARD_FIELDS, **OPTIONAL_FIELDS}[name]
             arrays[name] = np.empty((total, *(self.size if d == "S" else d for d in shape)), dtype)
         events: list[np.ndarray] | None = [] if EVENTS_FIELD in wanted else None
         offset = 0

@@ -58,6 +58,11 @@ SHARD_FIELDS: dict[str, tuple[np.dtype, tuple]] = {
     "reward": (np.dtype(np.float32), ()),
     "revisit": (np.dtype(np.int8), ()),
 }
+# Recorded only on request (``worldsim record --unlit``): each frame's view before the game lights it (the lit
+# autoencoder's target, worldsim.light). A shard holds all of SHARD_FIELDS and any of these.
+OPTIONAL_FIELDS: dict[str, tuple[np.dtype, tuple]] = {
+    "unlit": (np.dtype(np.uint8), ("S", "S", 3)),
+}
 EVENTS_FIELD = "revisit_events"
 EVENT_COLUMNS: tuple[str, ...] = ("t_place", "t_leave_view", "t_back_in_view", "x", "y", "placed_id")
 ALL_FIELDS: tuple[str, ...] = (*SHARD_FIELDS, EVENTS_FIELD)
@@ -91,9 +96,9 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def _check_field_names(names: set[str], where: str) -> None:
-    """DatasetError unless ``names`` are exactly the shard fields."""
+    """DatasetError unless ``names`` are the shard fields, with maybe some of the optional ones."""
     missing = sorted(set(ALL_FIELDS) - names)
-    extra = sorted(names - set(ALL_FIELDS))
+    extra = sorted(names - set(ALL_FIELDS) - set(OPTIONAL_FIELDS))
     if missing or extra:
         raise DatasetError(f"{where}: wrong fields (missing {missing}, unexpected {extra})")
 
@@ -103,7 +108,7 @@ def encode_shard(arrays: Mapping[str, np.ndarray], size: int) -> bytes:
     validate_episode(arrays, size, where="episode")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name in ALL_FIELDS:
+        for name in (*ALL_FIELDS, *(n for n in OPTIONAL_FIELDS if n in arrays)):
             info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
@@ -118,16 +123,21 @@ def decode_shard(
     """Read a shard (bytes or path), check every field's name, dtype and shape; return ``fields`` of it."""
     wanted = list(ALL_FIELDS if fields is None else fields)
     for name in wanted:
-        if name not in ALL_FIELDS:
-            raise DatasetError(f"unknown shard field {name!r}; fields: {', '.join(ALL_FIELDS)}")
+        if name not in ALL_FIELDS and name not in OPTIONAL_FIELDS:
+            raise DatasetError(f"unknown shard field {name!r}; fields: {', '.join((*ALL_FIELDS, *OPTIONAL_FIELDS))}")
     src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     try:
         with np.load(src, allow_pickle=False) as npz:
-            _check_field_names(set(npz.files), where)
+            members = {f[:-4] if f.endswith(".npy") else f for f in npz.files}
+            _check_field_names(members, where)
+            absent = [n for n in wanted if n in OPTIONAL_FIELDS and n not in members]
+            if absent:
+                raise DatasetError(f"{where}: has no {absent[0]!r} field (record the dataset with --{absent[0]})")
             # read everything needed to validate cheaply, and the wanted fields
             need = set(wanted) | {"actions", "revisit", EVENTS_FIELD}
-            arrays = {name: npz[name] for name in ALL_FIELDS if name in need}
-            headers = {name: _npy_header(npz, name) for name in ALL_FIELDS}
+            present = (*ALL_FIELDS, *(n for n in OPTIONAL_FIELDS if n in members))
+            arrays = {name: npz[name] for name in present if name in need}
+            headers = {name: _npy_header(npz, name) for name in present}
     except DatasetError:
         raise
     except FileNotFoundError:
@@ -154,7 +164,9 @@ def _npy_header(npz: Any, name: str) -> tuple[tuple[int, ...], np.dtype]:
 
 def _validate_headers(headers: Mapping[str, tuple[tuple[int, ...], np.dtype]], size: int, where: str) -> None:
     n = headers["actions"][0][0] if len(headers["actions"][0]) == 1 else -1
-    for name, (dtype, per_frame) in SHARD_FIELDS.items():
+    for name, (dtype, per_frame) in (*SHARD_FIELDS.items(), *OPTIONAL_FIELDS.items()):
+        if name not in headers:  # an optional field this shard does not hold
+            continue
         shape, got = headers[name]
         want_shape = (n, *(size if d == "S" else d for d in per_frame))
         if got != dtype or shape != want_shape:
@@ -177,7 +189,7 @@ def validate_episode(
     if actions.ndim != 1 or actions.shape[0] < 1:
         raise DatasetError(f"{where}: field 'actions' must be (N,) with N >= 1, got shape {list(actions.shape)}")
     n = actions.shape[0]
-    for name, (dtype, per_frame) in SHARD_FIELDS.items():
+    for name, (dtype, per_frame) in (*SHARD_FIELDS.items(), *OPTIONAL_FIELDS.items()):
         if name not in arrays:
             continue
         a = np.asarray(arrays[name])

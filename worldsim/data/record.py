@@ -63,6 +63,7 @@ class RecordConfig:
     start_inventory: tuple[tuple[str, int], ...] = DEFAULT_START_INVENTORY
     policy_version: int = POLICY_VERSION
     crafter_version: str = CRAFTER_VERSION
+    unlit: bool = False  # also store each frame's unlit view (the lit autoencoder's target; ~2x the bytes)
 
     def __post_init__(self) -> None:
         for name in ("frames", "seed", "size", "episode_len"):
@@ -104,6 +105,8 @@ class RecordConfig:
         d = dataclasses.asdict(self)
         d["start_inventory"] = dict(self.start_inventory)
         d["workers"] = int(workers)
+        if not self.unlit:  # absent when off: configs of datasets recorded before the option still match
+            del d["unlit"]
         return d
 
 
@@ -122,9 +125,10 @@ def record_episode(
     start_inventory: Mapping[str, int] | None = None,
     policy_config: PolicyConfig = PolicyConfig(),
     progress: Callable[[int], None] | None = None,
+    unlit: bool = False,
 ) -> dict[str, np.ndarray]:
     """Play one episode of ``frames`` frames with env seed ``seed``; return the shard arrays (see ``_play``)."""
-    return _play(seed, frames, size, keep_alive, start_inventory, policy_config, progress)[0]
+    return _play(seed, frames, size, keep_alive, start_inventory, policy_config, progress, unlit)[0]
 
 
 def _play(
@@ -135,13 +139,15 @@ def _play(
     start_inventory: Mapping[str, int] | None = None,
     policy_config: PolicyConfig = PolicyConfig(),
     progress: Callable[[int], None] | None = None,
+    unlit: bool = False,
 ) -> tuple[dict[str, np.ndarray], ExplorerPolicy]:
     """Play one episode of ``frames`` frames with env seed ``seed``; return the shard arrays.
 
     frames (N,S,S,3) uint8; actions (N,) int16 with actions[t] taken on frame t (last = NULL_ACTION);
     pos (N,2) int16; facing (N,2) int8; daylight (N,) float32; sleeping (N,) bool; semantic (N,7,9)
     uint8; inventory (N,16) uint8; step (N,) int32; reward (N,) float32; revisit (N,) int8;
-    revisit_events (M,6) int32.
+    revisit_events (M,6) int32. With ``unlit`` also unlit (N,S,S,3) uint8: each frame's view before the game
+    lights it (``CrafterEnv.render_unlit``; the lit autoencoder's target).
     """
     from worldsim.crafter_env import CrafterEnv
 
@@ -163,12 +169,16 @@ def _play(
         "reward": np.zeros(n, np.float32),
         "revisit": np.zeros(n, np.int8),
     }
+    if unlit:
+        out["unlit"] = np.zeros((n, size, size, 3), np.uint8)
     env = CrafterEnv(seed=seed, size=size, start_inventory=start_inventory, keep_alive=keep_alive)
     policy = ExplorerPolicy(seed, policy_config)
     frame, info = env.reset(seed)
     reported = 0
     for t in range(n):
         out["frames"][t] = frame
+        if unlit:
+            out["unlit"][t] = env.render_unlit()
         out["pos"][t] = info["pos"]
         out["facing"][t] = info["facing"]
         out["daylight"][t] = info["daylight"]
@@ -230,7 +240,8 @@ def _record_to_shard(
     out_dir: Path, index: int, seed: int, frames: int, cfg: Mapping[str, Any], progress: Callable[[int], None] | None
 ) -> dict[str, Any]:
     arrays, policy = _play(
-        seed, frames, size=cfg["size"], keep_alive=cfg["keep_alive"], start_inventory=cfg["start_inventory"], progress=progress
+        seed, frames, size=cfg["size"], keep_alive=cfg["keep_alive"], start_inventory=cfg["start_inventory"], progress=progress,
+        unlit=bool(cfg.get("unlit", False)),
     )
     data = encode_shard(arrays, cfg["size"])
     name = shard_name(index)
@@ -319,10 +330,11 @@ def record_dataset(
     allow_eval_seeds: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    unlit: bool = False,
 ) -> dict[str, Any]:
     """Record (or resume) a dataset directory; return the summary dict (see ``summarize``)."""
     cfg = RecordConfig(
-        frames=frames, seed=seed, size=size, episode_len=episode_len, allow_eval_seeds=allow_eval_seeds
+        frames=frames, seed=seed, size=size, episode_len=episode_len, allow_eval_seeds=allow_eval_seeds, unlit=unlit
     )
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"record: --workers must be an int >= 1, got {workers!r}")
@@ -463,6 +475,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-eval-seeds", action="store_true", help=f"allow episode seeds >= {EVAL_SEEDS_START} (held-out eval data)"
     )
+    parser.add_argument("--unlit", action="store_true",
+                        help="also store each frame's view before the game lights it (training data of the lit autoencoder)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -478,6 +492,7 @@ def run(args: argparse.Namespace) -> int:
             episode_len=args.episode_len,
             allow_eval_seeds=args.allow_eval_seeds,
             progress=not args.no_progress,
+            unlit=args.unlit,
             log=lambda msg: print(msg, file=sys.stderr),
         )
     except ValueError as e:  # DatasetError included: a clear message, no traceback

@@ -256,16 +256,21 @@ def _smooth_nights() -> Iterator[None]:
         ce.LocalView._noise = original
 
 
-def play_episode(seed: int, steps: int = 1000, size: int = 72, smooth_night: bool = False) -> dict[str, np.ndarray]:
+def play_episode(seed: int, steps: int = 1000, size: int = 72, smooth_night: bool = False,
+                 unlit: bool = False) -> dict[str, np.ndarray]:
     """Real frames with truth, played by the recorder's policy (worldsim.data.record: the training data's
     walks, caves, the world's edge, placing, sleeping; night is steps ~150-270 of every 300): frames uint8
-    (T,S,S,3), semantic (T,7,9), daylight (T,), sleeping (T,)."""
+    (T,S,S,3), semantic (T,7,9), daylight (T,), sleeping (T,); with ``unlit`` also unlit (T,S,S,3), the frames
+    before the game lights them."""
     from worldsim.data.record import record_episode
 
     with _smooth_nights() if smooth_night else contextlib.nullcontext():
-        ep = record_episode(int(seed), int(steps), size=size)
-    return {"frames": ep["frames"], "semantic": ep["semantic"].astype(np.uint8), "daylight": ep["daylight"].astype(np.float32),
-            "sleeping": ep["sleeping"].astype(bool)}
+        ep = record_episode(int(seed), int(steps), size=size, unlit=unlit)
+    out = {"frames": ep["frames"], "semantic": ep["semantic"].astype(np.uint8), "daylight": ep["daylight"].astype(np.float32),
+           "sleeping": ep["sleeping"].astype(bool)}
+    if unlit:
+        out["unlit"] = ep["unlit"]
+    return out
 
 
 def round_trip(ae: Any, frames: np.ndarray, batch: int = 256) -> np.ndarray:
