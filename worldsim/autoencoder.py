@@ -147,7 +147,7 @@ class Autoencoder(nn.Module):
         y = self.decode_raw(raw).clamp(0, 1)
         if not self.cfg.lit:
             return y
-        from worldsim.light import NOISE_HIGH, NOISE_LOW, game_light
+        from worldsim.light import NOISE_HIGH, NOISE_LOW, light_channels_first
 
         B, S = y.shape[0], self.cfg.image_size
         u = S // 9
@@ -156,8 +156,8 @@ class Autoencoder(nn.Module):
             noise = NOISE_LOW + (NOISE_HIGH - NOISE_LOW) * torch.rand(B, h, S, device=y.device)
         day, asleep = self.decode_light(z)
         unlit = torch.round(y * 255)  # the game lights a uint8 canvas
-        view = game_light(unlit[:, :, :h].permute(0, 2, 3, 1), day, asleep, noise.to(y.dtype))
-        return torch.cat([view.permute(0, 3, 1, 2), unlit[:, :, h:]], 2) / 255
+        view = light_channels_first(unlit[:, :, :h], day, asleep, noise.to(y.dtype))
+        return torch.cat([view, unlit[:, :, h:]], 2) / 255
 
     def forward(self, x: torch.Tensor, tiles: torch.Tensor | None = None, lit: tuple | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """The training loss (so that DDP's forward computes it): see ``loss``."""
