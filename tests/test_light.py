@@ -170,3 +170,13 @@ def test_lit_autoencoder_trains_on_unlit_views_and_lights_its_frames(tmp_path, t
         assert np.array_equal(runs[0], runs[1])  # deterministic
         frames[backend] = runs[0]
     assert np.abs(frames["torch"].astype(int) - frames["onnxruntime"].astype(int)).max() <= 2
+    # and so does its exported bundle (the graphs take the hint and the noise; the same frames as its float32 world)
+    from export.bundle import export_bundle
+
+    export_bundle(world, tmp_path / "bundle", parity_frames=4, log=lambda msg: None)
+    played = []
+    for w in (World.load(tmp_path / "bundle", threads=1), World.load(world, backend="onnxruntime", threads=1, precision="fp32")):
+        assert w.backend.lit
+        sess = w.new_session(seed=0)
+        played.append(np.stack([sess.step(a) for a in ("move_left", "noop", "do")]))
+    assert np.array_equal(played[0], played[1])
