@@ -22,6 +22,20 @@ def _light(env: CrafterEnv, unlit: np.ndarray, sleeping: bool) -> np.ndarray:
     return out[0].numpy()
 
 
+def _episode(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """n real frames of a short walk: frames, unlit views (n,72,72,3) uint8, daylight (n,), sleeping (n,)."""
+    env = CrafterEnv(seed=seed)
+    frame, info = env.reset()
+    frames, unlits, days, asleep = [], [], [], []
+    for t in range(n):
+        frames.append(frame)
+        unlits.append(env.render_unlit())
+        days.append(info["daylight"])
+        asleep.append(info["sleeping"])
+        frame, info = env.step(int(t % 5))
+    return np.stack(frames), np.stack(unlits), np.array(days), np.array(asleep)
+
+
 def test_game_light_draws_the_games_own_frames_by_day_at_night_and_asleep():
     """The game's frame == game_light(its unlit view, daylight, sleep, the night noise it drew), pixel for pixel,
     over a day into the night and with the player asleep; the inventory rows are not lit."""
@@ -83,47 +97,33 @@ def test_recorded_unlit_views_and_a_dataset_without_them(tmp_path):
 def test_unlit_hint_reads_the_unlit_view():
     """The texture model's unlit reading of real frames: by day every view tile is the unlit view's, the
     inventory rows are the frame's, the light estimate is the game's; bad input is a clear error."""
-    env = CrafterEnv(seed=1)
-    frame, info = env.reset()
-    frames, unlits, days = [], [], []
-    for t in range(24):
-        frames.append(frame)
-        unlits.append(env.render_unlit())
-        days.append(info["daylight"])
-        frame, info = env.step(int(t % 5))
-    view, light = unlit_hint(np.stack(frames))
-    tiles = (view == np.stack(unlits))[:, :56].reshape(24, 7, 8, 9, 8, 3).all(axis=(2, 4, 5))
+    frames, unlits, days, _ = _episode(1, 24)
+    view, light = unlit_hint(frames)
+    tiles = (view == unlits)[:, :56].reshape(24, 7, 8, 9, 8, 3).all(axis=(2, 4, 5))
     assert tiles.mean() == 1.0
-    assert np.array_equal(view[:, 56:], np.stack(frames)[:, 56:])
-    assert np.abs(light[:, 0] - np.array(days)).max() < 0.03 and not light[:, 1].any()
+    assert np.array_equal(view[:, 56:], frames[:, 56:])
+    assert np.abs(light[:, 0] - days).max() < 0.03 and not light[:, 1].any()
     with pytest.raises(ValueError, match="uint8"):
-        unlit_hint(np.stack(frames).astype(np.float32))
+        unlit_hint(frames.astype(np.float32))
 
 
 def test_lit_autoencoder_trains_on_unlit_views_and_lights_its_frames(tmp_path, tiny_world_dir):
     """AEConfig.lit: the loss needs the unlit targets (clear error), falls on a fixed batch (pixels and the light
     head); decode lights the unlit view with the given noise (deterministic), the night noisy and the day not;
-    the checkpoint round trip decodes the same; the engine refuses it with a clear error."""
+    the checkpoint round trip decodes the same; the engine runs it (torch, onnxruntime, an exported bundle)."""
     from worldsim.train import load_autoencoder, save_model
 
-    env = CrafterEnv(seed=2)
-    frame, info = env.reset()
-    frames, unlits, light = [], [], []
-    for t in range(8):
-        frames.append(frame)
-        unlits.append(env.render_unlit())
-        light.append((info["daylight"], info["sleeping"]))
-        frame, info = env.step(int(t % 5))
-    x = frames_to_tensor(torch.from_numpy(np.stack(frames)))
+    frames, unlits, days, asleep = _episode(2, 8)
+    x = frames_to_tensor(torch.from_numpy(frames))
     torch.manual_seed(0)
     ae = Autoencoder(ae_preset("tiny-lit"))
     with pytest.raises(ValueError, match="unlit"):
         ae.loss(x)
-    hint = tuple(torch.as_tensor(a) for a in unlit_hint(np.stack(frames)))
+    hint = tuple(torch.as_tensor(a) for a in unlit_hint(frames))
     with pytest.raises(ValueError, match="hint"):
         ae.encode(x, (hint[0][:, :, :64], hint[1]))
-    lit = (frames_to_tensor(hint[0]), hint[1], frames_to_tensor(torch.from_numpy(np.stack(unlits))),
-           torch.tensor(light, dtype=torch.float32))
+    lit = (frames_to_tensor(hint[0]), hint[1], frames_to_tensor(torch.from_numpy(unlits)),
+           torch.from_numpy(np.stack([days, asleep], 1).astype(np.float32)))
     opt = torch.optim.AdamW(ae.parameters(), lr=3e-3)
     losses, light_mse = [], []
     for _ in range(120):

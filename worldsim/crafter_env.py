@@ -153,7 +153,7 @@ class CrafterEnv:
         game_rng = world.random
         # Night noise is drawn from world.random inside LocalView; give it a throwaway generator whose
         # seed depends only on (world, step), so the frame is a pure function of the state.
-        world.random = np.random.Generator(np.random.PCG64([self._world_seed, env._step, 0x6E6F6973]))
+        world.random = self._noise_rng()
         try:
             frame = env.render((size, size))
         finally:
@@ -178,8 +178,11 @@ class CrafterEnv:
         """(7u, 9u) float64: the night noise ``render`` draws into the current view (row/col order, uniform in
         [32, 127); drawn only while daylight < 0.5), from the same per-(world, step) generator."""
         u = (self.size if size is None else _check_size(size)) // 9
-        rng = np.random.Generator(np.random.PCG64([self._world_seed, self._env._step, 0x6E6F6973]))
-        return rng.uniform(32, 127, (9 * u, 7 * u)).T
+        return self._noise_rng().uniform(32, 127, (9 * u, 7 * u)).T
+
+    def _noise_rng(self) -> np.random.Generator:
+        """The render noise's generator: seeded by (world, step) only, so a frame is a pure function of the state."""
+        return np.random.Generator(np.random.PCG64([self._world_seed, self._env._step, 0x6E6F6973]))
 
     # -- state accessors -------------------------------------------------------------------
     @property
