@@ -48,7 +48,9 @@ def export_trt_onnx(ae, dit, out_dir: str | os.PathLike, precision: str = "fp16"
     """Export the DiT and decoder graphs for TensorRT: precision carried by the graph, float32 I/O.
 
     The decoder ends at float pixels (B,H,W,3), already +0.5 and clamped to [0,255]; the backend truncates
-    to uint8 on the device (TensorRT restricts uint8 tensors), which equals the ONNX graph's Cast.
+    to uint8 on the device (TensorRT restricts uint8 tensors), which equals the ONNX graph's Cast. A lit
+    autoencoder (AEConfig.lit) gets no decoder graph: its night noise is drawn on the host from each frame's
+    latents (worldsim.light.decoder_noise), so its frames are decoded by the backend's onnxruntime graphs.
     """
     import warnings
 
@@ -97,6 +99,8 @@ def export_trt_onnx(ae, dit, out_dir: str | os.PathLike, precision: str = "fp16"
         ("dit", DiT(dit), specs["dit"][0], [(s.name, s.shape) for s in specs["dit"][1]]),
         ("decoder", Decoder(ae), specs["decoder"][0], [("pixels", ("B", S, S, 3))]),
     ):
+        if name == "decoder" and ae.cfg.lit:
+            continue
         path = out_dir / TRT_GRAPHS[name].format(precision=precision)
         tmp = out_dir / f".{path.name}.{os.getpid()}.tmp"
         dyn = {s.name: {i: a for i, a in enumerate(s.shape) if isinstance(a, str)} for s in ins}
@@ -185,13 +189,14 @@ def build_cached(onnx_path: Path, onnx_sha256: str, shapes: dict[str, tuple[int,
     return key, plan_path
 
 
-def engine_plan(dit_cfg, windows: list[int], sessions: tuple[int, ...], chunk: int = 1) -> list[dict[str, Any]]:
-    """The static engines a bundle holds: a DiT engine per (players, window) and a decoder per players."""
+def engine_plan(dit_cfg, windows: list[int], sessions: tuple[int, ...], chunk: int = 1, decoder: bool = True) -> list[dict[str, Any]]:
+    """The static engines a bundle holds: a DiT engine per (players, window) and (``decoder``) a decoder per players."""
     out = []
     for s in sorted(set(sessions)):
         for w in sorted(set(windows)):
             out.append({"graph": "dit", "sessions": s, "chunk": chunk, "window": w, "shapes": dit_shapes(dit_cfg, s, chunk, w)})
-        out.append({"graph": "decoder", "sessions": s, "frames": s * chunk, "shapes": decoder_shapes(dit_cfg, s * chunk)})
+        if decoder:
+            out.append({"graph": "decoder", "sessions": s, "frames": s * chunk, "shapes": decoder_shapes(dit_cfg, s * chunk)})
     return out
 
 
@@ -218,7 +223,7 @@ def add_tensorrt_to_bundle(root: Path, manifest: dict, ae, dit, reference_world,
         raise ValueError(f"the TensorRT real-time path is built for chunk 1; presets use {sorted(chunks)}")
     ident = device_identity()
     entries, engines = [], {}
-    for e in engine_plan(dit.cfg, windows, sessions):
+    for e in engine_plan(dit.cfg, windows, sessions, decoder="decoder" in graphs):
         key, plan = build_cached(graphs[e["graph"]], hashes[e["graph"]], e["shapes"], precision, log=log)
         dst = trt_dir / f"{e['graph']}-{key}.plan"
         shutil.copy(plan, dst)
@@ -238,7 +243,9 @@ def add_tensorrt_to_bundle(root: Path, manifest: dict, ae, dit, reference_world,
                             "graphs": {g: {"file": p.relative_to(root).as_posix(), "sha256": hashes[g]} for g, p in graphs.items()}}
     cand = copy.copy(reference_world)
     cand.backend = TensorRTBackend.from_plans(engines, root / "graphs", dit.cfg, ae.cfg, reference_world.preset)
-    report = check_parity(reference_world, cand, {"encoder": "fp32", "dit": precision, "decoder": precision}, frames=parity_frames,
+    # a lit world's frames are decoded on the host (onnxruntime, float32): see export_trt_onnx
+    report = check_parity(reference_world, cand, {"encoder": "fp32", "dit": precision, "decoder": precision if "decoder" in graphs else "fp32"},
+                          frames=parity_frames,
                           raise_on_fail=False)
     for line in report.lines():
         log("tensorrt " + line)

@@ -12,7 +12,7 @@ import torch
 
 from worldsim.autoencoder import Autoencoder, ae_preset, frames_to_tensor
 from worldsim.crafter_env import CrafterEnv
-from worldsim.light import game_light, unlit_hint
+from worldsim.light import decoder_noise, game_light, unlit_hint
 
 
 def _light(env: CrafterEnv, unlit: np.ndarray, sleeping: bool) -> np.ndarray:
@@ -150,6 +150,9 @@ def test_lit_autoencoder_trains_on_unlit_views_and_lights_its_frames(tmp_path, t
             assert torch.equal(dark.decode(z, noise), dark.decode(z, other)) != noisy
         with pytest.raises(ValueError, match="noise"):
             ae.decode(z, noise[:, :, :56])
+        # without noise it draws the engine's: a pure function of the latents (worldsim.light.decoder_noise)
+        assert torch.equal(ae.decode(z), ae.decode(z, torch.from_numpy(decoder_noise(z.numpy(), (56, 72)))))
+        assert torch.equal(ae.decode(z[:3]), ae.decode(z)[:3])
     save_model(tmp_path / "ae.safetensors", "autoencoder", ae, ae.cfg)
     ae2 = load_autoencoder(tmp_path / "ae.safetensors").eval()
     with torch.no_grad():
@@ -180,3 +183,10 @@ def test_lit_autoencoder_trains_on_unlit_views_and_lights_its_frames(tmp_path, t
         sess = w.new_session(seed=0)
         played.append(np.stack([sess.step(a) for a in ("move_left", "noop", "do")]))
     assert np.array_equal(played[0], played[1])
+    # TensorRT gets the DiT graph only: a lit world's frames are decoded on the host, where its noise is drawn
+    from export.tensorrt import engine_plan, export_trt_onnx
+    from worldsim.train import load_dit
+
+    dit = load_dit(world / "dit.safetensors")
+    assert set(export_trt_onnx(ae, dit, tmp_path / "trt", "fp32")) == {"dit"}
+    assert {e["graph"] for e in engine_plan(dit.cfg, [8], (1,), decoder=False)} == {"dit"}

@@ -141,19 +141,19 @@ class Autoencoder(nn.Module):
 
     def decode(self, z: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Normalized latents (B,C,g,g) -> (B,3,S,S) in [0,1]. A lit autoencoder lights its unlit view with the
-        night's ``noise`` (B,7u,9u) uniform in [32,127) (None: drawn from torch's generator) and draws whole
-        pixel levels, as the game does."""
+        night's ``noise`` (B,7u,9u) uniform in [32,127) (None: worldsim.light.decoder_noise, a pure function of
+        each frame's latents, as the engine draws it) and draws whole pixel levels, as the game does."""
         raw = z * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
         y = self.decode_raw(raw).clamp(0, 1)
         if not self.cfg.lit:
             return y
-        from worldsim.light import NOISE_HIGH, NOISE_LOW, light_channels_first
+        from worldsim.light import decoder_noise, light_channels_first
 
-        B, S = y.shape[0], self.cfg.image_size
+        S = self.cfg.image_size
         u = S // 9
         h = 7 * u  # the view's rows (the two inventory rows below are not lit)
-        if noise is None:
-            noise = NOISE_LOW + (NOISE_HIGH - NOISE_LOW) * torch.rand(B, h, S, device=y.device)
+        if noise is None:  # the engine's noise: the same latents decode to the same frame here and in the engine
+            noise = torch.from_numpy(decoder_noise(z.detach().float().cpu().numpy(), (h, S))).to(y.device)
         day, asleep = self.decode_light(z)
         unlit = torch.round(y * 255)  # the game lights a uint8 canvas
         view = light_channels_first(unlit[:, :, :h], day, asleep, noise.to(y.dtype))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -365,7 +366,7 @@ EVAL_SEED0 = 950_000       # the validation range [900,000, 1,000,000): never th
 
 def add_arguments(p) -> None:
     """CLI arguments of `worldsim train-reader`."""
-    p.add_argument("--world", default=None, help="world directory (default: the shipped world)")
+    p.add_argument("--world", default=None, help="world directory with an unlit autoencoder (default: the shipped world)")
     p.add_argument("--preset", default="small", choices=sorted(READER_PRESETS))
     p.add_argument("--episodes", type=int, default=24, help="training episodes (1000 frames each, three nights)")
     p.add_argument("--eval-episodes", type=int, default=2, help="held-out episodes for the printed accuracy")
@@ -390,6 +391,10 @@ def run(args) -> int:
     manifest = json.loads(manifest_path.read_text())
     ae_path = world / manifest["autoencoder"]
     ae = load_autoencoder(ae_path).eval()
+    if ae.cfg.lit:  # it draws the night as the game does: the texture model already reads its frames (99.5%)
+        print(f"{ae_path}: a lit autoencoder needs no tile reader (the texture model reads its frames); "
+              "train one for a world with an unlit autoencoder (--world W)", file=sys.stderr)
+        return 2
     cfg = reader_config(args.preset)
     if cfg.image_size != ae.cfg.image_size:
         cfg = ReaderConfig(**{**config_to_dict(cfg), "image_size": ae.cfg.image_size})
