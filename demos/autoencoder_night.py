@@ -1,4 +1,4 @@
-"""Where does the shipped autoencoder lose the night's tiles? (issue #3: decoded frames must give the tiles of
+"""Where does an unlit autoencoder lose the night's tiles? (issue #3: decoded frames must give the tiles of
 the originals for >= 99.5% of tiles.)
 
 Three readings of held-out real frames (seeds 950,000-950,001), each against the game's semantic map:
@@ -9,7 +9,10 @@ Three readings of held-out real frames (seeds 950,000-950,001), each against the
 If 3 is no better than 2, the decoder is not the bottleneck: the encoder drops the tile. The reader on the
 noise-free originals is the ceiling of any decoder that draws a noisy night as its mean in uint8 pixels.
 
-    python demos/autoencoder_night.py [--world W] [--reader R] [--train-episodes 8] [--steps 6000]
+    python demos/autoencoder_night.py [--world tests/data/ae1] [--reader R] [--train-episodes 8] [--steps 6000]
+
+The default is tests/data/ae1: the autoencoder the default world shipped until session 15, with its reader (the lit
+autoencoder shipped since draws the night as the game does and needs no reader: demos/lit_autoencoder.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+AE1 = Path(__file__).resolve().parent.parent / "tests" / "data" / "ae1"
 
 def _episodes(seeds, smooth: bool = False) -> dict[str, np.ndarray]:
     from worldsim.eval.reader import play_episode
@@ -47,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch import nn
 
-    from engine.world import default_world_dir
     from worldsim.eval.reader import accuracy, load_reader, round_trip
     from worldsim.eval.tiles import NUM_CLASSES, get_classifier
     from worldsim.train import load_autoencoder
@@ -55,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train-episodes", type=int, default=8, help="probe training episodes (seeds 500,000+)")
     p.add_argument("--steps", type=int, default=6000, help="probe training steps (batches of 1,024 tiles)")
-    p.add_argument("--world", type=Path, default=None, help="world directory (default: the shipped world)")
+    p.add_argument("--world", type=Path, default=AE1, help="directory with autoencoder.safetensors (default: tests/data/ae1)")
     p.add_argument("--reader", type=Path, default=None, help="tile reader of that world's autoencoder (default: WORLD/reader.safetensors)")
     args = p.parse_args(argv)
-    world = args.world or default_world_dir()
+    world = args.world
     ae = load_autoencoder(world / "autoencoder.safetensors").eval()
     reader = load_reader(args.reader or world / "reader.safetensors", autoencoder=world / "autoencoder.safetensors")
     t0 = time.time()

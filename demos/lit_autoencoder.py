@@ -1,15 +1,16 @@
 """The lit autoencoder against issue #3's bar (decoded frames give the tiles of the originals for >= 99.5% of tiles,
-PSNR >= 34 dB by day), next to the shipped autoencoder.
+PSNR >= 34 dB by day), next to an unlit autoencoder read with its tile reader.
 
 A lit autoencoder (AEConfig.lit, preset small-lit) draws a frame's unlit view and its light, and lights the view as
 the game does, night noise included (worldsim.light.game_light): its night frames are read by the game's own
 texture model. Held-out real frames (seeds 950,000-950,001 by default) are round-tripped and read again:
 
-    python demos/lit_autoencoder.py --ae runs/lit1/autoencoder.safetensors [--seeds 950000 950001]
+    python demos/lit_autoencoder.py [--ae runs/lit1/autoencoder.safetensors] [--seeds 950000 950001] [--compare tests/data/ae1]
 
 Prints, against the game's semantic map: the texture model on the originals, on the lit round trips (and the share
-of tiles that read as the originals' do), the shipped autoencoder's round trips through its reader; PSNR by day;
-the light head's error.
+of tiles that read as the originals' do), an unlit autoencoder's round trips through its reader (--compare: a
+directory with autoencoder.safetensors and reader.safetensors; tests/data/ae1 holds the world's autoencoder before
+session 15); PSNR by day; the light head's error.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     from worldsim.train import load_autoencoder
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ae", type=Path, required=True, help="a lit autoencoder (autoencoder.safetensors of a small-lit run)")
+    p.add_argument("--ae", type=Path, default=None, help="a lit autoencoder (default: the shipped world's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[950_000, 950_001], help="held-out episode seeds (1,000 frames each)")
-    p.add_argument("--world", type=Path, default=None, help="the world to compare with (default: the shipped world)")
+    p.add_argument("--compare", type=Path, default=None,
+                   help="a directory with an unlit autoencoder.safetensors and its reader.safetensors to compare with")
     args = p.parse_args(argv)
+    args.ae = args.ae or default_world_dir() / "autoencoder.safetensors"
     ae = load_autoencoder(args.ae).eval()
     if not ae.cfg.lit:
         raise SystemExit(f"{args.ae}: not a lit autoencoder (train one with --set model=small-lit)")
@@ -52,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
                                          if k in ("all", "day", "night", "deep_night", "asleep")) + extra)
 
     show("texture model on the originals", orig)
-    torch.manual_seed(0)  # the decoder's night noise
     recon, unlit, light = [], [], []
     with torch.no_grad():
         for i in range(0, len(test["frames"]), 256):
@@ -82,11 +84,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{100 * np.mean((np.abs(unlit.astype(int) - test['unlit'].astype(int)) <= 8).reshape(len(unlit), 9, 8, 9, 8, 3)[:, :7].all(axis=(2, 4, 5))):.2f}%")
     err = np.abs(light[:, 0] - test["daylight"])
     print(f"light head: daylight error median {np.median(err):.4f}, max {err.max():.4f}; sleep right {100 * np.mean(light[:, 1] == test['sleeping']):.2f}%")
-    world = args.world or default_world_dir()
-    shipped = load_autoencoder(world / "autoencoder.safetensors").eval()
-    if not shipped.cfg.lit and (world / "reader.safetensors").exists():
-        reader = load_reader(world / "reader.safetensors", autoencoder=world / "autoencoder.safetensors")
-        show(f"shipped ({world.name}) round trips, its reader", reader.read(round_trip(shipped, test["frames"]), test["daylight"], test["sleeping"]))
+    if args.compare is not None:
+        other = load_autoencoder(args.compare / "autoencoder.safetensors").eval()
+        reader = load_reader(args.compare / "reader.safetensors", autoencoder=args.compare / "autoencoder.safetensors")
+        show(f"{args.compare.name} round trips, its reader", reader.read(round_trip(other, test["frames"]), test["daylight"], test["sleeping"]))
     print(f"({time.time() - t0:.0f} s; deep night = daylight < 0.15; {len(test['frames'])} frames)")
     return 0
 

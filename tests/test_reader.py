@@ -1,16 +1,20 @@
-"""The tile reader of decoded frames (worldsim.eval.reader): it reads the shipped autoencoder's round trips of
-real night frames where the texture model fails; it trains; its files and errors; where it is in force."""
+"""The tile reader of decoded frames (worldsim.eval.reader): it reads an unlit autoencoder's round trips of real
+night frames where the texture model fails; it trains; its files and errors; where it is in force.
+
+The autoencoder and reader are the ones the default world shipped until session 15 (ae1 and its reader, in
+tests/data/ae1): ae1 loses night tiles the texture model then misreads, the case a reader is for. The lit
+autoencoder shipped since needs no reader."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from engine import World
-from engine.world import default_world_dir
 from worldsim.checkpoint import CheckpointError
 from worldsim.eval import reader as R
 from worldsim.eval import tiles as T
@@ -21,17 +25,20 @@ from worldsim.train import load_autoencoder
 LAVA = T.LAVA
 
 
+AE1 = Path(__file__).parent / "data" / "ae1"
+
+
 @pytest.fixture(scope="module")
-def shipped():
-    d = default_world_dir()
+def ae1():
+    d = AE1
     ae = load_autoencoder(d / "autoencoder.safetensors").eval()
     return d, ae, R.load_reader(d / "reader.safetensors", autoencoder=d / "autoencoder.safetensors")
 
 
 @pytest.fixture(scope="module")
-def held(shipped):
-    """A whole day (smooth night: a world's night) of real frames through the shipped autoencoder; not a training seed."""
-    _, ae, _ = shipped
+def held(ae1):
+    """A whole day (smooth night: a world's night) of real frames through the unlit autoencoder ae1; not a training seed."""
+    _, ae, _ = ae1
     ep = R.play_episode(950_001, 300, smooth_night=True)
     ep["frames"] = R.round_trip(ae, ep["frames"])
     return ep
@@ -46,8 +53,8 @@ def _constant_reader(label: int, size: int = 72) -> R.TileReader:
                               (np.zeros((4, T.NUM_CLASSES), np.float32), b)])
 
 
-def test_shipped_reader_reads_round_trips_where_the_texture_model_fails(shipped, held):
-    _, _, reader = shipped
+def test_ae1s_reader_reads_round_trips_where_the_texture_model_fails(ae1, held):
+    _, _, reader = ae1
     mine = R.accuracy(reader.read(held["frames"], held["daylight"], held["sleeping"]), held)
     theirs = R.accuracy(T.get_classifier(72).classify(held["frames"], held["daylight"], held["sleeping"]).labels, held)
     assert mine["day"] >= 0.995
@@ -55,9 +62,9 @@ def test_shipped_reader_reads_round_trips_where_the_texture_model_fails(shipped,
     assert mine["all"] > theirs["all"]
 
 
-def test_read_tiles_agrees_with_read_and_keeps_to_allowed_classes(shipped, held):
+def test_read_tiles_agrees_with_read_and_keeps_to_allowed_classes(ae1, held):
     """read_tiles reads the tiles asked for as read() does; with ``allowed`` it gives the likeliest of those."""
-    _, _, reader = shipped
+    _, _, reader = ae1
     i = 10
     frame, day, sleep = held["frames"][i], float(held["daylight"][i]), bool(held["sleeping"][i])
     full = reader.read(frame[None], np.array([day]), np.array([sleep]))[0].reshape(-1)
@@ -70,8 +77,8 @@ def test_read_tiles_agrees_with_read_and_keeps_to_allowed_classes(shipped, held)
     np.testing.assert_array_equal(got, np.array(allowed)[logits[:, allowed].argmax(-1)])
 
 
-def test_a_tiny_reader_learns_from_round_trips(shipped, held):
-    _, ae, _ = shipped
+def test_a_tiny_reader_learns_from_round_trips(ae1, held):
+    _, ae, _ = ae1
     reader = R.train_reader(ae, R.reader_config("tiny"), [600_000, 600_001, 600_002], steps=600, episode_steps=150, log=lambda s: None)
     day = held["daylight"] >= 0.5
     acc = (reader.read(held["frames"][day], held["daylight"][day], held["sleeping"][day]) == held["semantic"][day]).mean()
@@ -79,8 +86,8 @@ def test_a_tiny_reader_learns_from_round_trips(shipped, held):
     assert acc >= 0.75 and acc > majority + 0.2, (acc, majority)   # 0.80 vs 0.54 measured
 
 
-def test_files_round_trip_and_errors(shipped, held, tmp_path):
-    d, _, reader = shipped
+def test_files_round_trip_and_errors(ae1, held, tmp_path):
+    d, _, reader = ae1
     p = tmp_path / "reader.safetensors"
     R.save_reader(p, reader)
     again = R.load_reader(p, autoencoder=d / "autoencoder.safetensors")
@@ -96,7 +103,7 @@ def test_files_round_trip_and_errors(shipped, held, tmp_path):
     with pytest.raises(CheckpointError, match="corrupt"):
         R.load_reader(bad)
     with pytest.raises(CheckpointError, match="tile_reader"):
-        R.load_reader(d / "dit.safetensors")
+        R.load_reader(d / "autoencoder.safetensors")
     with pytest.raises(ValueError, match=r"\(N, 72, 72, 3\)"):
         reader.read(np.zeros((1, 90, 90, 3), np.uint8), [1.0], [False])
     with pytest.raises(ValueError, match="layer 0"):
@@ -143,13 +150,15 @@ def test_sessions_read_generated_frames_with_the_worlds_reader(tiny_world_dir):
     assert R.active_reader() is None                 # and only while stepping
 
 
-def test_world_loads_its_reader_and_refuses_a_foreign_one(tmp_path):
-    src = default_world_dir()
-    world = World.load(src, backend="torch")
-    assert world.reader is not None and world.reader.meta["autoencoder_sha256"] == sha256_file(src / "autoencoder.safetensors")
+def test_world_loads_its_reader_and_refuses_a_foreign_one(tiny_world_dir, tmp_path):
+    from engine.testing import add_random_reader
+
     d = tmp_path / "w"
-    shutil.copytree(src, d, ignore=shutil.ignore_patterns(".cache"))
-    foreign = _constant_reader(LAVA)
+    shutil.copytree(tiny_world_dir, d, ignore=shutil.ignore_patterns(".cache"))
+    add_random_reader(d)
+    world = World.load(d, backend="torch")
+    assert world.reader is not None and world.reader.meta["autoencoder_sha256"] == sha256_file(d / "autoencoder.safetensors")
+    foreign = _constant_reader(LAVA, size=world.reader.cfg.image_size)
     foreign.meta["autoencoder_sha256"] = "0" * 64
     R.save_reader(d / "reader.safetensors", foreign)
     with pytest.raises(CheckpointError, match="another autoencoder"):
@@ -158,3 +167,17 @@ def test_world_loads_its_reader_and_refuses_a_foreign_one(tmp_path):
     del meta["reader"]
     (d / "world.json").write_text(json.dumps(meta))
     assert World.load(d, backend="torch").reader is None
+
+
+def test_train_reader_refuses_a_lit_autoencoder(capsys):
+    """The shipped world's autoencoder is lit (the texture model reads its frames): no reader is trained or listed."""
+    import argparse
+
+    from worldsim.package import shipped_world_dir
+
+    world = shipped_world_dir()
+    before = (world / "world.json").read_text()
+    args = argparse.Namespace(world=str(world), preset="tiny", episodes=1, eval_episodes=1, steps=1, out=None)
+    assert R.run(args) == 2
+    assert "needs no tile reader" in capsys.readouterr().err
+    assert (world / "world.json").read_text() == before and not (world / "reader.safetensors").exists()
