@@ -25,6 +25,7 @@ import numpy as np
 
 AE1 = Path(__file__).resolve().parent.parent / "tests" / "data" / "ae1"
 
+
 def _episodes(seeds, smooth: bool = False) -> dict[str, np.ndarray]:
     from worldsim.eval.reader import play_episode
 

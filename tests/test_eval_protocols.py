@@ -312,10 +312,9 @@ def test_the_autoencoder_ceiling_is_the_game_through_the_shipped_autoencoder(epi
     and read with its reader when it has one; it scores near but not at the oracle's 1 (what the latents lose)."""
     from worldsim.eval.cli import _reference_world
     from worldsim.eval.reader import round_trip
-
-    world, desc = _reference_world("real-ae", episodes)
     from worldsim.package import shipped_world_dir
 
+    world, desc = _reference_world("real-ae", episodes)
     assert desc["kind"] == "reference"
     assert (world.reader is not None) == ("reader" in json.loads((shipped_world_dir() / "world.json").read_text()))
     ep = episodes[0]

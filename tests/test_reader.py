@@ -30,9 +30,8 @@ AE1 = Path(__file__).parent / "data" / "ae1"
 
 @pytest.fixture(scope="module")
 def ae1():
-    d = AE1
-    ae = load_autoencoder(d / "autoencoder.safetensors").eval()
-    return d, ae, R.load_reader(d / "reader.safetensors", autoencoder=d / "autoencoder.safetensors")
+    ae = load_autoencoder(AE1 / "autoencoder.safetensors").eval()
+    return AE1, ae, R.load_reader(AE1 / "reader.safetensors", autoencoder=AE1 / "autoencoder.safetensors")
 
 
 @pytest.fixture(scope="module")
