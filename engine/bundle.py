@@ -8,6 +8,7 @@ A bundle is a self-contained directory that plays with no training code and no t
     graphs/decoder.onnx    latents (B,C,g,g) -> uint8 frames (B,H,W,3)
     opening.npz            opening frames + actions, so a session can start without a context
     reader.npz             the tile reader of the world's decoded frames (when the world has one; numpy only)
+    ground.json            the ground head: new ground sampled from the model's tokens (when the world has one; engine.ground)
     actions.json           the action schema (names in the model's order, null action, default keys)
     tensorrt/...           (kind "tensorrt" only) fp16 graphs, engine plans, timing cache
 
@@ -189,6 +190,8 @@ def read_manifest(path: str | os.PathLike, verify_hashes: bool = True, check_gra
                           f"differs from this worldsim's ({list(ACTION_NAMES)}, null {NULL_ACTION})")
     if "reader" in files:   # the world's tile reader (worldsim.eval.reader), when the source world had one
         check_file_entry(root, _need(files, "reader", dict, f"{where} files"), f"{where} files.reader", verify_hashes)
+    if "ground" in files:   # the world's ground head (engine.ground), when the source world had one
+        check_file_entry(root, _need(files, "ground", dict, f"{where} files"), f"{where} files.ground", verify_hashes)
     if kind == "tensorrt":
         trt = _need(m, "tensorrt", dict, where)
         for i, e in enumerate(_need(trt, "engines", list, f"{where} tensorrt")):
@@ -271,4 +274,14 @@ def load_bundle_world(world_cls, path: Path, backend: str | None, preset, thread
             raise BundleError(str(e)) from None
         if out.reader.cfg.image_size != ae_cfg.image_size:
             raise BundleError(f"{path}: the tile reader reads {out.reader.cfg.image_size}px frames, the bundle renders {ae_cfg.image_size}px")
+    if "ground" in m["files"]:
+        from engine.ground import load_ground
+
+        # the export checked it against the source weights; the manifest's hash guards the file since
+        try:
+            out.ground = load_ground(path / m["files"]["ground"]["file"])
+        except ValueError as e:
+            raise BundleError(str(e)) from None
+        if out.ground.channels != dit_cfg.latent_channels:
+            raise BundleError(f"{path}: the ground head reads {out.ground.channels}-channel tokens, the bundle's are {dit_cfg.latent_channels}")
     return out

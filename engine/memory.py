@@ -715,3 +715,46 @@ def natural_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, pre
     out = np.array(latent, np.float32, copy=True)
     out[:, r[bad], c[bad]] = z[:, r[bad], c[bad]]
     return out, int(bad.sum())
+
+
+# ground sampling: the cells a move uncovers that the session never saw (engine.ground) ----------------------------
+
+
+def sample_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_pose: np.ndarray, pose: np.ndarray,
+                     light: float | None, head, encode, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """The cells a move uncovered that the tile map never saw, each drawn as one natural material sampled from the
+    world's ground head (engine.ground.GroundHead: p(material | the model's token)): -> (latent (C,g,g), tiles redrawn).
+
+    Why: the model's token there is the mean of what it expects, and the mean of grass and something else decodes as
+    grass (engine.ground). A cell whose draw is the material the model's frame shows keeps the model's token; the
+    others take the game's texture of the drawn material, lit at the frame's light and encoded with ``encode`` (uint8
+    (1,S,S,3) -> (1,C,g,g)). Cells the model drew as a creature, an arrow or the world's edge are left to it."""
+    from engine.rules import paint_tiles
+    from worldsim.memory import read_view_tiles
+
+    pose, prev_pose = np.asarray(pose, np.int64).reshape(2), np.asarray(prev_pose, np.int64).reshape(2)
+    if head is None or light is None or not np.isfinite(light) or (pose == prev_pose).all():
+        return latent, 0
+    cells = needed_cells(pose[None], prev_pose[None]).astype(np.int64)
+    cells = cells[tiles.lookup(cells) < 0] if len(tiles) else cells
+    if not len(cells):
+        return latent, 0
+    r, c = cells[:, 1] - pose[1] + HALF_Y, cells[:, 0] - pose[0] + HALF_X
+    here = read_view_tiles(frame, r * VIEW_COLS + c, (float(light), False))
+    if here is None:
+        return latent, 0
+    keep = np.isin(here, NATURAL + PLACED_ONLY)
+    r, c, here = r[keep], c[keep], here[keep]
+    if not len(r):
+        return latent, 0
+    p = head.probs(np.asarray(latent, np.float32)[:, r, c].T)
+    drawn = np.asarray(head.classes)[(rng.random((len(p), 1)) > np.cumsum(p, 1)).sum(1).clip(0, len(head.classes) - 1)]
+    new = drawn != here
+    textures = [_texture(frame.shape[0], int(k)) for k in drawn[new]]
+    if not new.any() or any(t is None for t in textures):
+        return latent, 0
+    at = np.stack([r[new], c[new]], 1)
+    z = encode(paint_tiles(frame, textures, float(light), at)[None])[0]
+    out = np.array(latent, np.float32, copy=True)
+    out[:, r[new], c[new]] = z[:, r[new], c[new]]
+    return out, int(new.sum())

@@ -110,3 +110,29 @@ def add_random_reader(world_dir: str | os.PathLike, seed: int = 0) -> Path:
     meta["reader"] = "reader.safetensors"
     atomic_write_json(world_dir / "world.json", meta)
     return world_dir / "reader.safetensors"
+
+
+def add_ground_head(world_dir: str | os.PathLike, always: int | None = None, seed: int = 0) -> Path:
+    """Give a world dir a ground head (engine.ground) tied to its weights (listed in world.json); -> its path.
+    ``always``: a semantic label the head draws every time (among the natural materials), else random weights."""
+    import json
+
+    from engine.ground import GROUND_FILE, GroundHead
+    from engine.memory import NATURAL
+
+    world_dir = Path(world_dir)
+    meta = json.loads((world_dir / "world.json").read_text())
+    from worldsim.checkpoint import read_meta
+
+    C = int(read_meta(world_dir / meta["dit"])["config"]["latent_channels"])
+    K = len(NATURAL)
+    rng = np.random.default_rng(seed)
+    weight = np.zeros((C, K)) if always is not None else rng.standard_normal((C, K))
+    bias = np.where(np.array(NATURAL) == always, 50.0, 0.0) if always is not None else np.zeros(K)
+    head = GroundHead(tuple(NATURAL), np.zeros(C), np.ones(C), weight, bias,
+                      {"autoencoder_sha256": sha256_file(world_dir / meta["autoencoder"]), "dit_sha256": sha256_file(world_dir / meta["dit"])})
+    atomic_write_json(world_dir / GROUND_FILE, head.to_dict())
+    meta["ground"] = GROUND_FILE
+    atomic_write_json(world_dir / "world.json", meta)
+    return world_dir / GROUND_FILE
+

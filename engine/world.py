@@ -26,13 +26,14 @@ from engine.backends import (BACKENDS, BackendUnavailable, OrtBackend, TorchBack
                              tensorrt_unavailable_reason)
 from engine.cache import RingKVCache
 from engine.graphs import DIT_PRECISIONS
+from engine.ground import GroundHead, load_ground
 from engine.rules import (DAY_CLOCK_TOLERANCE, DO, ENERGY_MAX, PLACE_RULES, advance_life, enforce_blocked_move, faced_tile, fit_clock, fit_life,
                           hold_tiles, read_energy, draw_energy, energy_slot, relight, rendered_awake_view, sleeping_view, warm_start)
 from engine.memory import (DARK, MemoryBank, MemoryConfig, MemoryKV, fill_uncovered, memory_slots, natural_uncovered, predicted_poses,
-                           slot_shift)
+                           sample_uncovered, slot_shift)
 from worldsim.actions import ACTION_NAMES, MOVES, NULL_ACTION, action_index
 from worldsim.diffusion import FlowSampler
-from worldsim.io import atomic_path, read_json
+from worldsim.io import atomic_path, read_json, sha256_file
 from worldsim.eval.reader import TileReader, load_reader, reading_with
 from worldsim.eval.tiles import daylight_at
 from worldsim.memory import (VIEW_COLS, VIEW_ROWS, estimate_move, frame_lighting, read_facing, read_view_tiles, target_walkable,
@@ -65,6 +66,9 @@ class RuntimePreset:
     sleep_view: bool = True  # with the life clock: a sleeper's frame is drawn as the game draws it, from its last awake frame (engine.rules)
     tile_hold: bool = True  # tiles Crafter could not have changed (materials away from the player's hands, creatures' steps) are put back (engine.rules)
     natural_ground: bool = True  # with the fill: no table, furnace or plant on ground the session never saw (engine.memory)
+    # with the fill: ground the session never saw is drawn as one material sampled from the mix the model's token holds,
+    # not as the mix's mean (which reads as grass: free play drifted into a lawn; engine.memory.sample_uncovered)
+    ground_sample: bool = True
     faced_rule: bool = True  # Crafter's rule for the faced tile: a place action or mining that the game allows shows its block and inventory (engine.rules)
     warm: float = 0.0  # in (0, 1): denoise from this level, starting at the previous frame moved as the action moves the view
     # commit a frame in the next frame's first denoising pass (one 2k-frame pass instead of a k-frame commit pass and a
@@ -202,6 +206,9 @@ class World:
         # the tile reader trained on this world's autoencoder (worldsim.eval.reader): the rules and the memory
         # read the world's decoded frames with it; None: the texture model (worldsim.eval.tiles) reads them
         self.reader: TileReader | None = None
+        # the ground head fitted on this world's tokens (engine.ground): new ground is sampled from it (preset
+        # field ground_sample); None: the model's tokens stand
+        self.ground: GroundHead | None = None
 
     @property
     def fuses_commit(self) -> bool:
@@ -313,6 +320,12 @@ class World:
             if world.reader.cfg.image_size != ae_cfg.image_size:
                 raise ValueError(f"{path / meta['reader']}: the reader reads {world.reader.cfg.image_size}px frames, "
                                  f"the world renders {ae_cfg.image_size}px")
+        if meta.get("ground"):
+            # fitted on these very weights' tokens (load_ground checks the digests)
+            world.ground = load_ground(path / meta["ground"], sha256_file(ae_path), sha256_file(dit_path))
+            if world.ground.channels != dit_cfg.latent_channels:
+                raise ValueError(f"{path / meta['ground']}: the ground head reads {world.ground.channels}-channel tokens, "
+                                 f"the world's are {dit_cfg.latent_channels}")
         if name == "onnxruntime":
             world._load_models = load_models
         return world
@@ -918,6 +931,10 @@ class Session:
                         # of the cells the map never saw: no table, furnace or plant the player did not place
                         z, m = (natural_uncovered(bank.tiles, z, frames[i], pose, new_pose, light, w.backend.encode)
                                 if w.preset.natural_ground else (z, 0))
+                        if w.preset.ground_sample and w.ground is not None:  # then one material drawn from the model's mix (own stream: restores stay exact)
+                            rng = np.random.Generator(np.random.PCG64([self.seed & 0xFFFFFFFF, st.frame_index + 1 + i]))
+                            z, m2 = sample_uncovered(bank.tiles, z, frames[i], pose, new_pose, light, w.ground, w.backend.encode, rng)
+                            m += m2
                         filled, changed, invented = filled + n, changed + n + m, invented + m
                     pose = poses[i] = new_pose
                 labels = None

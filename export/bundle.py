@@ -120,6 +120,11 @@ def export_bundle(world_dir: str | os.PathLike, out: str | os.PathLike, kind: st
 
             # trained on this autoencoder, or a clear error; a numpy archive in the bundle (no torch to load it)
             save_reader_npz(tmp / "reader.npz", load_reader(world_dir / meta["reader"], autoencoder=ae_path))
+        if meta.get("ground"):
+            from engine.ground import load_ground
+
+            # fitted on these weights' tokens, or a clear error (engine.ground); plain JSON, as in the world
+            atomic_write_json(tmp / "ground.json", load_ground(world_dir / meta["ground"], sha256_file(ae_path), sha256_file(dit_path)).to_dict())
         atomic_write_json(tmp / "actions.json", action_schema())
         source_id = hashlib.sha256((_file_digest(ae_path) + _file_digest(dit_path)).encode()).hexdigest()[:16]
         config_json = json.dumps({"autoencoder": _cfg(ae.cfg), "dit": _cfg(dit.cfg)}, sort_keys=True)
@@ -143,7 +148,8 @@ def export_bundle(world_dir: str | os.PathLike, out: str | os.PathLike, kind: st
             "precision": precision,
             "graphs": graph_entries,
             "files": {"opening": _entry(tmp, tmp / "opening.npz"), "actions": _entry(tmp, tmp / "actions.json"),
-                      **({"reader": _entry(tmp, tmp / "reader.npz")} if meta.get("reader") else {})},
+                      **({"reader": _entry(tmp, tmp / "reader.npz")} if meta.get("reader") else {}),
+                      **({"ground": _entry(tmp, tmp / "ground.json")} if meta.get("ground") else {})},
             "runtime": {"default_preset": "fast", "parity_preset": preset},
             "parity": {"onnxruntime": report.to_json()},
             "tools": tool_versions(),

@@ -18,7 +18,7 @@ import torch
 from engine import BackendUnavailable, World
 from engine.backends import tensorrt_unavailable_reason
 from engine.bundle import BundleError, read_manifest
-from engine.testing import add_random_reader, make_tiny_world
+from engine.testing import add_ground_head, add_random_reader, make_tiny_world
 from export.bundle import export_bundle
 from export.parity import ParityError, check_parity, play
 
@@ -36,9 +36,10 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    """The tiny world with a (random) tile reader: bundles carry it."""
+    """The tiny world with a (random) tile reader and ground head: bundles carry them."""
     path = make_tiny_world(tmp_path_factory.mktemp("export") / "tiny", seed=3)
     add_random_reader(path, seed=3)
+    add_ground_head(path, seed=3)
     return path
 
 
@@ -74,11 +75,13 @@ def test_bundle_plays_the_same_frames_as_its_source_world(tiny, bundle, preset):
     """export -> World.load(bundle) -> identical frames to the source world on onnxruntime, with no torch
     weights, world.json or ONNX cache in the bundle."""
     files = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
-    assert files == {"manifest.json", "actions.json", "opening.npz", "graphs/encoder.onnx", "graphs/dit.onnx", "graphs/decoder.onnx", "reader.npz"}
+    assert files == {"manifest.json", "actions.json", "opening.npz", "graphs/encoder.onnx", "graphs/dit.onnx", "graphs/decoder.onnx", "reader.npz",
+                     "ground.json"}
     src = World.load(tiny, backend="onnxruntime", preset=preset, precision="fp32")
     b = World.load(bundle, preset=preset)  # a float32 bundle runs float32 whatever the preset's precision
     assert b.backend_name == "onnxruntime" and b.id == src.id and b.frame_shape == src.frame_shape
     assert b.precision == b.preset.precision == "fp32"
+    assert b.ground is not None and np.array_equal(b.ground.weight, src.ground.weight) and b.ground.classes == src.ground.classes
     for seed in (0, 1):
         expected = play(src, 12, seed)
         got = play(b, 12, seed)

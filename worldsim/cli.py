@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "record": ("worldsim.data.record", "record the real Crafter game into a training dataset"),
     "train": ("worldsim.train", "train the autoencoder or the dynamics DiT"),
     "train-reader": ("worldsim.eval.reader", "train a world's tile reader (reads its decoded frames for the rules and the eval)"),
+    "train-ground": ("engine.ground", "fit a world's ground head (new ground is sampled from it, not averaged into grass)"),
     "eval": ("engine.eval_cli", "measure a world against the real game"),
     "export": ("export.cli", "export a world as an ONNX / TensorRT bundle"),
     "bench": ("engine.bench", "benchmark frames/s and latency per backend and preset"),

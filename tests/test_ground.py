@@ -1,0 +1,209 @@
+"""The ground head (engine.ground): new ground is a material sampled from what the model's token holds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from engine.ground import GroundHead, fit_ground, ground_scores, load_ground
+from engine.memory import NATURAL, TileMap, sample_uncovered
+from worldsim.eval.tiles import COW, GRASS, SAND, TREE, WATER, get_classifier
+
+LATENT = (16, 9, 9)
+
+
+def _synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens (n,16) of three materials whose clouds overlap (grass 60%, water 25%, tree 15%) and their labels."""
+    rng = np.random.default_rng(seed)
+    protos = np.random.default_rng(99).standard_normal((3, 16)) * 0.4
+    which = rng.choice(3, n, p=[0.6, 0.25, 0.15])
+    return protos[which] + rng.standard_normal((n, 16)), np.array([GRASS, WATER, TREE])[which]
+
+
+def test_fit_gives_calibrated_probabilities_on_held_out_tokens():
+    """A head fitted on overlapping clouds: one draw per held-out token gives back the real mix (the point: the
+    argmax, like the mean, would favour the common material), and beats the marginal's log loss."""
+    x, y = _synthetic(3000, 0)
+    head = fit_ground(x, y, NATURAL)
+    hx, hy = _synthetic(3000, 1)
+    s = ground_scores(head, hx, hy)
+    assert s["cells"] == 3000 and s["sampled_tv"] < 0.04
+    marginal = -(0.6 * np.log(0.6) + 0.25 * np.log(0.25) + 0.15 * np.log(0.15))
+    assert s["log_loss"] < 0.75 * marginal
+    p = head.probs(hx)
+    assert p.shape == (3000, len(NATURAL)) and np.allclose(p.sum(1), 1)
+    argmax_grass = (np.asarray(NATURAL)[p.argmax(1)] == GRASS).mean()
+    assert argmax_grass > s["sampled"]["grass"] + 0.04   # sampling is what keeps the rarer materials
+    with pytest.raises(ValueError, match="tokens"):
+        head.probs(np.zeros((4, 15)))
+    with pytest.raises(ValueError, match="too few"):
+        fit_ground(x[:20], y[:20], NATURAL)
+
+
+def test_ground_json_round_trip_and_clear_errors(tmp_path):
+    x, y = _synthetic(600, 2)
+    head = fit_ground(x, y, NATURAL)
+    head = GroundHead(head.classes, head.mean, head.scale, head.weight, head.bias, {"autoencoder_sha256": "a", "dit_sha256": "d"})
+    path = tmp_path / "ground.json"
+    path.write_text(json.dumps(head.to_dict()))
+    back = load_ground(path, "a", "d")
+    assert back.classes == head.classes
+    np.testing.assert_allclose(back.probs(x[:50]), head.probs(x[:50]), atol=1e-5)
+    with pytest.raises(ValueError, match="another dit"):
+        load_ground(path, "a", "other")
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not readable JSON"):
+        load_ground(path)
+    path.write_text(json.dumps({**head.to_dict(), "format": "something"}))
+    with pytest.raises(ValueError, match="not a ground head"):
+        load_ground(path)
+    path.write_text(json.dumps({**head.to_dict(), "weight": [[1.0, 2.0]]}))
+    with pytest.raises(ValueError, match="usable"):
+        load_ground(path)
+    with pytest.raises(FileNotFoundError):
+        load_ground(tmp_path / "missing.json")
+
+
+def _world_view(pose):
+    """A latent whose world tokens say which cell they show (channel 0: x, 1: y)."""
+    z = np.zeros(LATENT, np.float32)
+    for r in range(7):
+        for c in range(9):
+            z[0, r, c], z[1, r, c] = pose[0] + c - 4, pose[1] + r - 3
+    return z
+
+
+def _always(label: int) -> GroundHead:
+    K = len(NATURAL)
+    return GroundHead(tuple(NATURAL), np.zeros(16), np.ones(16), np.zeros((16, K)), np.where(np.array(NATURAL) == label, 50.0, 0.0))
+
+
+def test_sample_uncovered_draws_the_heads_material(monkeypatch):
+    """A move uncovers a column the map never saw: its cells take the drawn material's texture, lit at the frame's
+    light and encoded; a cell drawn as what the model already shows keeps the model's token, a creature is left,
+    and nothing happens without a move, a known light or a head."""
+    drawn = {3 * 9 + 8: COW}   # the model drew a cow on one new cell; grass elsewhere
+    monkeypatch.setattr("worldsim.memory.read_view_tiles",
+                        lambda frame, tiles, lighting=None: np.array([drawn.get(int(t), GRASS) for t in np.asarray(tiles)]))
+    tiles = TileMap(4096)
+    tiles.observe(_world_view((-3, 0)), np.array([-3, 0]), 0, 0.9, np.full((7, 9), GRASS))   # saw x = -7..1
+    canvases = []
+
+    def encode(frames):
+        canvases.append(frames[0].copy())
+        return np.full((1,) + LATENT, 7.0, np.float32)
+
+    model = np.full(LATENT, -1.0, np.float32)
+    frame = np.full((72, 72, 3), 1, np.uint8)
+    rng = np.random.default_rng(0)
+    z, n = sample_uncovered(tiles, model, frame, np.array([-3, 0]), np.array([-2, 0]), 0.9, _always(WATER), encode, rng)
+    assert n == 6 and len(canvases) == 1   # the new column x = 2: 7 cells, less the cow
+    assert (z[:, [0, 1, 2, 4, 5, 6], 8] == 7.0).all() and (z[:, 3, 8] == -1).all() and (z[:, :, :8] == -1).all()
+    clf = get_classifier(72)
+    water = clf.atlas[np.flatnonzero(clf.template_labels == WATER)[0]]
+    from engine.rules import light_tiles
+
+    np.testing.assert_array_equal(canvases[0][0:8, 64:72], light_tiles([water], 0.9, np.array([[0, 8]]))[0])
+    assert (canvases[0][:, :64] == 1).all()   # nothing else painted
+    # the head draws what the model shows: the model's tokens stand, nothing encoded
+    z, n = sample_uncovered(tiles, model, frame, np.array([-3, 0]), np.array([-2, 0]), 0.9, _always(GRASS), encode, rng)
+    assert n == 0 and np.array_equal(z, model) and len(canvases) == 1
+    for prev, light, head in (((-2, 0), 0.9, _always(WATER)), ((-3, 0), None, _always(WATER)), ((-3, 0), 0.9, None)):
+        z, n = sample_uncovered(tiles, model, frame, np.array(prev), np.array([-2, 0]), light, head, encode, rng)
+        assert n == 0 and np.array_equal(z, model)
+
+
+@pytest.fixture(scope="module")
+def shipped_copy(tmp_path_factory):
+    """The shipped world with a ground head that always draws sand (to see it work)."""
+    from engine.testing import add_ground_head
+    from worldsim.package import shipped_world_dir
+
+    dst = tmp_path_factory.mktemp("ground") / "w"
+    shutil.copytree(shipped_world_dir(), dst, ignore=shutil.ignore_patterns(".cache"))
+    (dst / "ground.json").unlink(missing_ok=True)
+    add_ground_head(dst, always=SAND)
+    return dst
+
+
+def _walk(world, seed: int, steps: int = 6):
+    """From the opening (grass to the player's right), walk right: -> (session, frames)."""
+    s = world.new_session(seed=seed)
+    frames = [s.step("move_right") for _ in range(steps)]
+    return s, frames
+
+
+def _read(frames):
+    from worldsim.memory import frame_lighting
+
+    frames = np.stack(frames)
+    day = np.array([frame_lighting(f)[0] for f in frames])
+    return get_classifier(72).classify(frames, day, np.zeros(len(frames), bool)).labels
+
+
+def test_sessions_draw_new_ground_from_the_head_reproducibly(shipped_copy):
+    """Walking into new ground with an always-sand head shows sand on the uncovered edge (the model draws grass
+    there); the same seed gives the same frames, a restored snapshot continues identically, and with
+    ground_sample=False the head is not used."""
+    from engine import World
+
+    world = World.load(shipped_copy, backend="onnxruntime")
+    assert world.ground is not None
+    s, frames = _walk(world, 0)
+    off = World.load(shipped_copy, backend="onnxruntime", ground_sample=False)
+    _, plain = _walk(off, 0)
+    assert (_read(frames)[:, :, 8] == SAND).mean() > 0.5 > (_read(plain)[:, :, 8] == SAND).mean()
+    _, again = _walk(world, 0)
+    assert all(np.array_equal(a, b) for a, b in zip(frames, again))
+    snap = s.snapshot()
+    nxt = [s.step("move_right") for _ in range(3)]
+    s.restore(snap)
+    assert all(np.array_equal(a, s.step("move_right")) for a in nxt)
+
+
+def test_world_refuses_a_head_fitted_on_other_weights(tiny_world_dir, tmp_path):
+    from engine import World
+    from engine.testing import add_ground_head
+
+    dst = tmp_path / "w"
+    shutil.copytree(tiny_world_dir, dst)
+    add_ground_head(dst, seed=1)
+    assert World.load(dst, backend="onnxruntime").ground is not None
+    d = json.loads((dst / "ground.json").read_text())
+    (dst / "ground.json").write_text(json.dumps({**d, "dit_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="fitted on another dit"):
+        World.load(dst, backend="onnxruntime")
+
+
+def test_train_ground_cli(tmp_path, capsys):
+    """`worldsim train-ground` on recorded episodes: fits, prints held-out scores, writes ground.json into the world
+    and lists it in world.json; eval seeds and missing data are refused with exit 2 and nothing written."""
+    from engine import World
+    from worldsim.cli import main
+    from worldsim.data.record import record_dataset
+    from worldsim.package import shipped_world_dir
+
+    world = tmp_path / "w"
+    shutil.copytree(shipped_world_dir(), world, ignore=shutil.ignore_patterns(".cache"))
+    (world / "ground.json").unlink(missing_ok=True)
+    meta = json.loads((world / "world.json").read_text())
+    meta.pop("ground", None)
+    (world / "world.json").write_text(json.dumps(meta))
+    data = tmp_path / "d"
+    record_dataset(data, frames=300, seed=930000, workers=1, episode_len=150, progress=False, log=lambda m: None)
+    assert main(["train-ground", "--world", str(world), "--data", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err and not (world / "ground.json").exists()
+    assert main(["train-ground", "--world", str(world), "--data", str(data), "--samples", "40"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["held_out"]["cells"] > 0 and 0 <= out["held_out"]["sampled_tv"] <= 1
+    assert json.loads((world / "world.json").read_text())["ground"] == "ground.json"
+    head = World.load(world, backend="onnxruntime").ground
+    assert head is not None and head.meta["fit"]["cells"] >= 10 * len(NATURAL)
+    evald = tmp_path / "e"
+    record_dataset(evald, frames=20, seed=1_000_000, workers=1, episode_len=20, progress=False, log=lambda m: None,
+                   allow_eval_seeds=True)
+    assert main(["train-ground", "--world", str(world), "--data", str(evald)]) == 2
+    assert "eval seeds" in capsys.readouterr().err
