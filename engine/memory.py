@@ -721,14 +721,17 @@ def natural_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, pre
 
 
 def sample_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_pose: np.ndarray, pose: np.ndarray,
-                     light: float | None, head, encode, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+                     light: float | None, head, encode, seed: int) -> tuple[np.ndarray, int]:
     """The cells a move uncovered that the tile map never saw, each drawn as one natural material sampled from the
     world's ground head (engine.ground.GroundHead: p(material | the model's token)): -> (latent (C,g,g), tiles redrawn).
 
     Why: the model's token there is the mean of what it expects, and the mean of grass and something else decodes as
     grass (engine.ground). A cell whose draw is the material the model's frame shows keeps the model's token; the
     others take the game's texture of the drawn material, lit at the frame's light and encoded with ``encode`` (uint8
-    (1,S,S,3) -> (1,C,g,g)). Cells the model drew as a creature, an arrow or the world's edge are left to it."""
+    (1,S,S,3) -> (1,C,g,g)). Cells the model drew as a creature, an arrow or the world's edge are left to it.
+    Each cell draws with its own number (engine.ground.cell_uniforms of the session's ``seed`` and the cell): a cell
+    redrawn after a restore draws the same."""
+    from engine.ground import cell_uniforms, draw
     from engine.rules import paint_tiles
     from worldsim.memory import read_view_tiles
 
@@ -744,11 +747,10 @@ def sample_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev
     if here is None:
         return latent, 0
     keep = np.isin(here, NATURAL + PLACED_ONLY)
-    r, c, here = r[keep], c[keep], here[keep]
+    r, c, here, cells = r[keep], c[keep], here[keep], cells[keep]
     if not len(r):
         return latent, 0
-    p = head.probs(np.asarray(latent, np.float32)[:, r, c].T)
-    drawn = np.asarray(head.classes)[(rng.random((len(p), 1)) > np.cumsum(p, 1)).sum(1).clip(0, len(head.classes) - 1)]
+    drawn = draw(head, head.probs(np.asarray(latent, np.float32)[:, r, c].T), cell_uniforms(seed, cells))
     new = drawn != here
     textures = [_texture(frame.shape[0], int(k)) for k in drawn[new]]
     if not new.any() or any(t is None for t in textures):

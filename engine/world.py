@@ -931,9 +931,8 @@ class Session:
                         # of the cells the map never saw: no table, furnace or plant the player did not place
                         z, m = (natural_uncovered(bank.tiles, z, frames[i], pose, new_pose, light, w.backend.encode)
                                 if w.preset.natural_ground else (z, 0))
-                        if w.preset.ground_sample and w.ground is not None:  # then one material drawn from the model's mix (own stream: restores stay exact)
-                            rng = np.random.Generator(np.random.PCG64([self.seed & 0xFFFFFFFF, st.frame_index + 1 + i]))
-                            z, m2 = sample_uncovered(bank.tiles, z, frames[i], pose, new_pose, light, w.ground, w.backend.encode, rng)
+                        if w.preset.ground_sample and w.ground is not None:  # then one material drawn from the model's mix
+                            z, m2 = sample_uncovered(bank.tiles, z, frames[i], pose, new_pose, light, w.ground, w.backend.encode, self.seed)
                             m += m2
                         filled, changed, invented = filled + n, changed + n + m, invented + m
                     pose = poses[i] = new_pose

@@ -98,8 +98,7 @@ def test_sample_uncovered_draws_the_heads_material(monkeypatch):
 
     model = np.full(LATENT, -1.0, np.float32)
     frame = np.full((72, 72, 3), 1, np.uint8)
-    rng = np.random.default_rng(0)
-    z, n = sample_uncovered(tiles, model, frame, np.array([-3, 0]), np.array([-2, 0]), 0.9, _always(WATER), encode, rng)
+    z, n = sample_uncovered(tiles, model, frame, np.array([-3, 0]), np.array([-2, 0]), 0.9, _always(WATER), encode, 0)
     assert n == 6 and len(canvases) == 1   # the new column x = 2: 7 cells, less the cow
     assert (z[:, [0, 1, 2, 4, 5, 6], 8] == 7.0).all() and (z[:, 3, 8] == -1).all() and (z[:, :, :8] == -1).all()
     clf = get_classifier(72)
@@ -109,10 +108,10 @@ def test_sample_uncovered_draws_the_heads_material(monkeypatch):
     np.testing.assert_array_equal(canvases[0][0:8, 64:72], light_tiles([water], 0.9, np.array([[0, 8]]))[0])
     assert (canvases[0][:, :64] == 1).all()   # nothing else painted
     # the head draws what the model shows: the model's tokens stand, nothing encoded
-    z, n = sample_uncovered(tiles, model, frame, np.array([-3, 0]), np.array([-2, 0]), 0.9, _always(GRASS), encode, rng)
+    z, n = sample_uncovered(tiles, model, frame, np.array([-3, 0]), np.array([-2, 0]), 0.9, _always(GRASS), encode, 0)
     assert n == 0 and np.array_equal(z, model) and len(canvases) == 1
     for prev, light, head in (((-2, 0), 0.9, _always(WATER)), ((-3, 0), None, _always(WATER)), ((-3, 0), 0.9, None)):
-        z, n = sample_uncovered(tiles, model, frame, np.array(prev), np.array([-2, 0]), light, head, encode, rng)
+        z, n = sample_uncovered(tiles, model, frame, np.array(prev), np.array([-2, 0]), light, head, encode, 0)
         assert n == 0 and np.array_equal(z, model)
 
 
@@ -207,3 +206,24 @@ def test_train_ground_cli(tmp_path, capsys):
                    allow_eval_seeds=True)
     assert main(["train-ground", "--world", str(world), "--data", str(evald)]) == 2
     assert "eval seeds" in capsys.readouterr().err
+
+
+def test_cell_uniforms_are_uniform_independent_and_fixed_per_cell():
+    """Each cell's number is uniform (so a draw keeps the head's odds), unrelated to its neighbour's, the same whenever
+    the cell is asked (restores) and different for another seed."""
+    from engine.ground import cell_uniforms, draw
+
+    xy = np.stack(np.meshgrid(np.arange(-60, 60), np.arange(-60, 60)), -1).reshape(-1, 2)
+    u = cell_uniforms(0, xy)
+    assert ((u > 0) & (u < 1)).all() and abs(u.mean() - 0.5) < 0.01 and abs(u.std() - 12 ** -0.5) < 0.01
+    assert np.histogram(u, 10, (0, 1))[0].min() > 0.9 * len(u) / 10
+    grid = u.reshape(120, 120)
+    assert abs(np.corrcoef(grid[:, 1:].ravel(), grid[:, :-1].ravel())[0, 1]) < 0.05
+    assert abs(np.corrcoef(grid[1:].ravel(), grid[:-1].ravel())[0, 1]) < 0.05
+    assert np.array_equal(cell_uniforms(0, xy[::-7]), u[::-7])
+    assert abs(np.corrcoef(u, cell_uniforms(1, xy))[0, 1]) < 0.05
+    # the draw keeps each cell's odds: grass 70%, water 20%, tree 10% over many cells
+    p = np.zeros((len(u), len(NATURAL)))
+    p[:, [NATURAL.index(GRASS), NATURAL.index(WATER), NATURAL.index(TREE)]] = 0.7, 0.2, 0.1
+    got = draw(_always(GRASS), p, u)
+    assert abs((got == GRASS).mean() - 0.7) < 0.02 and abs((got == WATER).mean() - 0.2) < 0.02 and abs((got == TREE).mean() - 0.1) < 0.02
