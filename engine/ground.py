@@ -160,8 +160,7 @@ def fit_ground(x: np.ndarray, y: np.ndarray, classes: Sequence[int], l2: float =
         raise ValueError(f"{len(x)} frontier cells of the materials are too few to fit a head over {len(classes)} classes")
     mean, scale = x.mean(0), x.std(0) + 1e-6
     X = torch.tensor((x - mean) / scale)
-    Y = torch.tensor(np.searchsorted(np.asarray(classes), y) if list(classes) == sorted(classes)
-                     else np.array([list(classes).index(v) for v in y]))
+    Y = torch.tensor([list(classes).index(v) for v in y])
     W = torch.zeros(x.shape[1], len(classes), dtype=torch.float64, requires_grad=True)
     b = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([W, b], max_iter=iters, line_search_fn="strong_wolfe")

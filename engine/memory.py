@@ -679,6 +679,14 @@ NATURAL = (WATER, GRASS, STONE, PATH, SAND, TREE, LAVA, COAL, IRON, DIAMOND)
 PLACED_ONLY = (TABLE, FURNACE, PLANT)
 
 
+def _unseen_uncovered(tiles: TileMap, prev_pose: np.ndarray, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The world cells (m,2) a move from ``prev_pose`` to ``pose`` uncovered that the tile map never saw, and their
+    view rows and columns (m,), (m,) in the new frame."""
+    cells = needed_cells(pose[None], prev_pose[None]).astype(np.int64)
+    cells = cells[tiles.lookup(cells) < 0] if len(tiles) else cells
+    return cells, cells[:, 1] - pose[1] + HALF_Y, cells[:, 0] - pose[0] + HALF_X
+
+
 def natural_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev_pose: np.ndarray, pose: np.ndarray,
                       light: float | None, encode) -> tuple[np.ndarray, int]:
     """The cells a move uncovered that the tile map never saw and the model drew as a table, a furnace or a plant
@@ -693,11 +701,9 @@ def natural_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, pre
     pose, prev_pose = np.asarray(pose, np.int64).reshape(2), np.asarray(prev_pose, np.int64).reshape(2)
     if light is None or not np.isfinite(light) or (pose == prev_pose).all():
         return latent, 0
-    cells = needed_cells(pose[None], prev_pose[None]).astype(np.int64)
-    cells = cells[tiles.lookup(cells) < 0] if len(tiles) else cells
+    cells, r, c = _unseen_uncovered(tiles, prev_pose, pose)
     if not len(cells):
         return latent, 0
-    r, c = cells[:, 1] - pose[1] + HALF_Y, cells[:, 0] - pose[0] + HALF_X
     idx = r * VIEW_COLS + c
     here = read_view_tiles(frame, idx, (float(light), False))
     if here is None:
@@ -738,11 +744,9 @@ def sample_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev
     pose, prev_pose = np.asarray(pose, np.int64).reshape(2), np.asarray(prev_pose, np.int64).reshape(2)
     if head is None or light is None or not np.isfinite(light) or (pose == prev_pose).all():
         return latent, 0
-    cells = needed_cells(pose[None], prev_pose[None]).astype(np.int64)
-    cells = cells[tiles.lookup(cells) < 0] if len(tiles) else cells
+    cells, r, c = _unseen_uncovered(tiles, prev_pose, pose)
     if not len(cells):
         return latent, 0
-    r, c = cells[:, 1] - pose[1] + HALF_Y, cells[:, 0] - pose[0] + HALF_X
     here = read_view_tiles(frame, r * VIEW_COLS + c, (float(light), False))
     if here is None:
         return latent, 0

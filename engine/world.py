@@ -33,7 +33,7 @@ from engine.memory import (DARK, MemoryBank, MemoryConfig, MemoryKV, fill_uncove
                            sample_uncovered, slot_shift)
 from worldsim.actions import ACTION_NAMES, MOVES, NULL_ACTION, action_index
 from worldsim.diffusion import FlowSampler
-from worldsim.io import atomic_path, read_json, sha256_file
+from worldsim.io import atomic_path, read_json
 from worldsim.eval.reader import TileReader, load_reader, reading_with
 from worldsim.eval.tiles import daylight_at
 from worldsim.memory import (VIEW_COLS, VIEW_ROWS, estimate_move, frame_lighting, read_facing, read_view_tiles, target_walkable,
@@ -281,7 +281,8 @@ class World:
                              f"({dit_cfg.latent_channels}x{dit_cfg.grid})")
         if opening[0].shape[1:] != (ae_cfg.image_size, ae_cfg.image_size, 3):
             raise ValueError(f"{path}: opening frames are {opening[0].shape[1:]}, the world renders {ae_cfg.image_size}px")
-        world_id = hashlib.sha256((_file_digest(ae_path) + _file_digest(dit_path)).encode()).hexdigest()[:16]
+        ae_digest, dit_digest = _file_digest(ae_path), _file_digest(dit_path)  # the world's id, and the ground head's check
+        world_id = hashlib.sha256((ae_digest + dit_digest).encode()).hexdigest()[:16]
 
         def load_models():
             return load_autoencoder(ae_path), load_dit(dit_path)
@@ -325,7 +326,7 @@ class World:
                                  f"the world renders {ae_cfg.image_size}px")
         if meta.get("ground"):
             # fitted on these very weights' tokens (load_ground checks the digests)
-            world.ground = load_ground(path / meta["ground"], sha256_file(ae_path), sha256_file(dit_path))
+            world.ground = load_ground(path / meta["ground"], ae_digest, dit_digest)
             if world.ground.channels != dit_cfg.latent_channels:
                 raise ValueError(f"{path / meta['ground']}: the ground head reads {world.ground.channels}-channel tokens, "
                                  f"the world's are {dit_cfg.latent_channels}")

@@ -83,6 +83,7 @@ def export_bundle(world_dir: str | os.PathLike, out: str | os.PathLike, kind: st
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
     meta, ae_path, dit_path, opening_path = _source_world(world_dir)
+    ae_digest, dit_digest = _file_digest(ae_path), _file_digest(dit_path)  # the source's id and files, the ground head's check
 
     log(f"loading {world_dir} (torch reference, {threads} thread(s))")
     ref = World.load(world_dir, backend="torch", preset=preset, threads=threads)
@@ -124,9 +125,9 @@ def export_bundle(world_dir: str | os.PathLike, out: str | os.PathLike, kind: st
             from engine.ground import load_ground
 
             # fitted on these weights' tokens, or a clear error (engine.ground); plain JSON, as in the world
-            atomic_write_json(tmp / "ground.json", load_ground(world_dir / meta["ground"], sha256_file(ae_path), sha256_file(dit_path)).to_dict())
+            atomic_write_json(tmp / "ground.json", load_ground(world_dir / meta["ground"], ae_digest, dit_digest).to_dict())
         atomic_write_json(tmp / "actions.json", action_schema())
-        source_id = hashlib.sha256((_file_digest(ae_path) + _file_digest(dit_path)).encode()).hexdigest()[:16]
+        source_id = hashlib.sha256((ae_digest + dit_digest).encode()).hexdigest()[:16]
         config_json = json.dumps({"autoencoder": _cfg(ae.cfg), "dit": _cfg(dit.cfg)}, sort_keys=True)
         graph_entries = {}
         specs = expected_specs(ae.cfg, dit.cfg)
@@ -141,7 +142,7 @@ def export_bundle(world_dir: str | os.PathLike, out: str | os.PathLike, kind: st
             "world": {"name": meta.get("name", world_dir.name), "id": world_id, "tick_hz": float(meta.get("tick_hz", 8.0)),
                       "max_window": int(meta.get("max_window", 8)), "frame_shape": [ae.cfg.image_size, ae.cfg.image_size, 3]},
             "source": {"world_id": source_id, "path": str(world_dir),
-                       "files": {ae_path.name: _file_digest(ae_path), dit_path.name: _file_digest(dit_path)},
+                       "files": {ae_path.name: ae_digest, dit_path.name: dit_digest},
                        "config_sha256": hashlib.sha256(config_json.encode()).hexdigest()},
             "configs": json.loads(config_json),
             "opset": OPSET,

@@ -67,15 +67,6 @@ def test_ground_json_round_trip_and_clear_errors(tmp_path):
         load_ground(tmp_path / "missing.json")
 
 
-def _world_view(pose):
-    """A latent whose world tokens say which cell they show (channel 0: x, 1: y)."""
-    z = np.zeros(LATENT, np.float32)
-    for r in range(7):
-        for c in range(9):
-            z[0, r, c], z[1, r, c] = pose[0] + c - 4, pose[1] + r - 3
-    return z
-
-
 def _always(label: int) -> GroundHead:
     K = len(NATURAL)
     return GroundHead(tuple(NATURAL), np.zeros(16), np.ones(16), np.zeros((16, K)), np.where(np.array(NATURAL) == label, 50.0, 0.0))
@@ -89,7 +80,7 @@ def test_sample_uncovered_draws_the_heads_material(monkeypatch):
     monkeypatch.setattr("worldsim.memory.read_view_tiles",
                         lambda frame, tiles, lighting=None: np.array([drawn.get(int(t), GRASS) for t in np.asarray(tiles)]))
     tiles = TileMap(4096)
-    tiles.observe(_world_view((-3, 0)), np.array([-3, 0]), 0, 0.9, np.full((7, 9), GRASS))   # saw x = -7..1
+    tiles.observe(np.zeros(LATENT, np.float32), np.array([-3, 0]), 0, 0.9, np.full((7, 9), GRASS))   # saw x = -7..1
     canvases = []
 
     def encode(frames):
