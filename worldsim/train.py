@@ -950,9 +950,19 @@ def run(args: argparse.Namespace) -> int:
         path = train_dit(args.data, args.ae, args.out, cfg, progress=not args.no_progress, init=args.init, val_data=args.val_data)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {path}")
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    _dist_teardown()
     return 0
+
+
+def _dist_teardown() -> None:
+    """Tear the process group down on every rank together, after rank 0 has written its checkpoint and export."""
+    if not torch.distributed.is_initialized():
+        return
+    # Ranks > 0 finish first (rank 0 alone validates and writes). One that closed its gloo connections while its
+    # peer still held them open was seen to abort at exit ("terminate called without an active exception", CI of
+    # session 16); a barrier first leaves no rank tearing down alone.
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def _run_package(args: argparse.Namespace) -> int:
