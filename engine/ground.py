@@ -11,6 +11,12 @@ A world's *ground head* reads the model's token (C,) of such a cell as a distrib
 to the real game's), and the session draws one material per cell from it (``engine.memory.sample_uncovered``,
 preset field ``ground_sample``). The head lives beside the weights as ``ground.json`` (plain JSON: 16 x 10 weights)
 and names the autoencoder and DiT it was fitted on; `worldsim train-ground --world W --data D` fits one.
+
+A version-2 head also reads two neighbours of the cell (``GroundHead.neighbour``): the one toward the player (seen
+before the move) and the one before it along the new row (drawn just before it), so new ground comes in patches the
+way the game's does: a lake or a forest goes on along the row instead of breaking into single tiles (independent
+draws per cell made salt and pepper; session 16's free play showed stray tiles). Cells are drawn in order along the
+row, each conditioned on the one drawn before it.
 """
 
 from __future__ import annotations
@@ -20,22 +26,25 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from worldsim.eval.tiles import GRASS as GRASS_LABEL
 from worldsim.eval.tiles import SEMANTIC_NAMES
 
 GROUND_FORMAT = "worldsim-ground"
-GROUND_VERSION = 1
+GROUND_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: the token alone, no neighbour terms
 GROUND_FILE = "ground.json"
 
 
 @dataclass(frozen=True)
 class GroundHead:
-    """p(material | the model's token of a new cell): softmax(((token - mean) / scale) @ weight + bias)."""
+    """p(material | the model's token of a new cell[, its neighbours]): softmax(((token - mean) / scale) @ weight + bias
+    [+ neighbour[0, inward] + neighbour[1, lateral]]), neighbours indexed by ``neighbour_index``."""
 
     classes: tuple[int, ...]  # semantic labels (worldsim.eval.tiles) of the materials, in the weight's column order
     mean: np.ndarray  # (C,)
@@ -43,6 +52,7 @@ class GroundHead:
     weight: np.ndarray  # (C, K)
     bias: np.ndarray  # (K,)
     meta: dict = field(default_factory=dict)
+    neighbour: np.ndarray | None = None  # (2, K+1, K): logits added for the inward and the lateral neighbour's class
 
     def __post_init__(self) -> None:
         C, K = np.shape(self.weight)
@@ -51,18 +61,33 @@ class GroundHead:
                              f"scale {np.shape(self.scale)} for {len(self.classes)} classes do not fit together")
         if not np.all(np.isfinite(self.weight)) or not np.all(np.isfinite(self.bias)) or not np.all(np.asarray(self.scale) > 0):
             raise ValueError("ground head: non-finite weights or a non-positive scale")
+        if self.neighbour is not None and (np.shape(self.neighbour) != (2, K + 1, K) or not np.all(np.isfinite(self.neighbour))):
+            raise ValueError(f"ground head: neighbour weights {np.shape(self.neighbour)}, expected finite (2, {K + 1}, {K})")
 
     @property
     def channels(self) -> int:
         """Token channels C the head reads."""
         return int(np.shape(self.weight)[0])
 
-    def probs(self, tokens: np.ndarray) -> np.ndarray:
-        """Material probabilities (m,K) of tokens (m,C)."""
+    def neighbour_index(self, labels: np.ndarray) -> np.ndarray:
+        """Semantic labels (m,) -> rows (m,) of ``neighbour``: a material's column, K for anything else (a creature,
+        a placed block, a cell out of view or not drawn yet: label -1)."""
+        lut = {c: j for j, c in enumerate(self.classes)}
+        return np.array([lut.get(int(v), len(self.classes)) for v in np.asarray(labels).reshape(-1)], np.int64)
+
+    def probs(self, tokens: np.ndarray, inward: np.ndarray | None = None, lateral: np.ndarray | None = None) -> np.ndarray:
+        """Material probabilities (m,K) of tokens (m,C); ``inward``/``lateral``: the neighbours' semantic labels (m,)
+        (-1 where unknown), read by a version-2 head (ignored by one without neighbour terms)."""
         tokens = np.asarray(tokens, np.float64)
         if tokens.ndim != 2 or tokens.shape[1] != self.channels:
             raise ValueError(f"ground head reads tokens (m, {self.channels}), got shape {tokens.shape}")
         logits = ((tokens - self.mean) / self.scale) @ self.weight + self.bias
+        if self.neighbour is not None:
+            for k, labels in enumerate((inward, lateral)):
+                rows = self.neighbour_index(labels) if labels is not None else np.full(len(tokens), len(self.classes))
+                if len(rows) != len(tokens):
+                    raise ValueError(f"ground head: {len(rows)} neighbour labels for {len(tokens)} tokens")
+                logits = logits + self.neighbour[k][rows]
         logits -= logits.max(1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(1, keepdims=True)
@@ -72,7 +97,8 @@ class GroundHead:
         return {"format": GROUND_FORMAT, "version": GROUND_VERSION,
                 "classes": [SEMANTIC_NAMES[c] for c in self.classes],
                 "mean": np.round(self.mean, 7).tolist(), "scale": np.round(self.scale, 7).tolist(),
-                "weight": np.round(self.weight, 7).tolist(), "bias": np.round(self.bias, 7).tolist(), **self.meta}
+                "weight": np.round(self.weight, 7).tolist(), "bias": np.round(self.bias, 7).tolist(),
+                **({"neighbour": np.round(self.neighbour, 7).tolist()} if self.neighbour is not None else {}), **self.meta}
 
 
 def load_ground(path: str | os.PathLike, autoencoder_sha256: str | None = None, dit_sha256: str | None = None) -> GroundHead:
@@ -87,14 +113,15 @@ def load_ground(path: str | os.PathLike, autoencoder_sha256: str | None = None, 
     if not isinstance(d, dict) or d.get("format") != GROUND_FORMAT:
         raise ValueError(f"{path} is not a ground head (format {d.get('format') if isinstance(d, dict) else None!r}, "
                          f"expected {GROUND_FORMAT!r})")
-    if d.get("version") != GROUND_VERSION:
-        raise ValueError(f"ground head {path}: version {d.get('version')!r}, this engine reads {GROUND_VERSION}")
+    if d.get("version") not in READABLE_VERSIONS:
+        raise ValueError(f"ground head {path}: version {d.get('version')!r}, this engine reads {READABLE_VERSIONS}")
     try:
         names = list(SEMANTIC_NAMES)
         classes = tuple(names.index(n) for n in d["classes"])
         head = GroundHead(classes, np.asarray(d["mean"], np.float64), np.asarray(d["scale"], np.float64),
                           np.asarray(d["weight"], np.float64), np.asarray(d["bias"], np.float64),
-                          {k: v for k, v in d.items() if k not in ("format", "version", "classes", "mean", "scale", "weight", "bias")})
+                          {k: v for k, v in d.items() if k not in ("format", "version", "classes", "mean", "scale", "weight", "bias", "neighbour")},
+                          np.asarray(d["neighbour"], np.float64) if d.get("neighbour") is not None else None)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"ground head {path} does not hold a usable head: {e}") from None
     for what, want in (("autoencoder_sha256", autoencoder_sha256), ("dit_sha256", dit_sha256)):
@@ -104,11 +131,33 @@ def load_ground(path: str | os.PathLike, autoencoder_sha256: str | None = None, 
     return head
 
 
+def frontier_neighbours(r: np.ndarray, c: np.ndarray, move: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """New cells at view rows/columns r, c (m,) after a move (dx, dy) (the pose's change): -> (the order to draw them
+    in (m,), each cell's inward neighbour (m,2) (row, col: one step back toward the player) and its lateral neighbour
+    (m,2) (the one before it along the new row or column, drawn first)). Positions may lie outside the view."""
+    r, c = np.asarray(r, np.int64), np.asarray(c, np.int64)
+    dx, dy = (int(v) for v in np.sign(np.asarray(move).reshape(2)))
+    if abs(int(np.asarray(move).reshape(2)[0])) >= abs(int(np.asarray(move).reshape(2)[1])):
+        # a step sideways uncovers a column: lines nearest the player first, each from the top down
+        return np.lexsort((r, c * dx)), np.stack([r, c - dx], 1), np.stack([r - 1, c], 1)
+    return np.lexsort((c, r * dy)), np.stack([r - dy, c], 1), np.stack([r, c - 1], 1)
+
+
+def _labels_at(grid: np.ndarray, rc: np.ndarray) -> np.ndarray:
+    """Labels (m,) of a view grid (R,W) at positions rc (m,2); -1 outside the view."""
+    R, W = grid.shape
+    ok = (rc[:, 0] >= 0) & (rc[:, 0] < R) & (rc[:, 1] >= 0) & (rc[:, 1] < W)
+    out = np.full(len(rc), -1, np.int64)
+    out[ok] = grid[rc[ok, 0], rc[ok, 1]]
+    return out
+
+
 def collect_frontier(world: Any, episodes: Sequence[dict[str, np.ndarray]], samples: int, seed: int = 0, context: int = 8,
                      progress: bool = True) -> dict[str, np.ndarray]:
     """Teacher-forced frontier cells: at ``samples`` random steps where the real player moved (awake), a session from
     ``context`` real frames takes the real action; -> {"x": the model's tokens (m,C) at the cells no context frame
-    showed, "y": the real game's labels (m,), "episode": (m,)}. ``episodes``: dicts of frames, actions, pos,
+    showed, "y": the real game's labels (m,), "inward", "lateral": the real labels (m,) of their neighbours
+    (``frontier_neighbours``; -1 out of view), "episode": (m,)}. ``episodes``: dicts of frames, actions, pos,
     semantic, sleeping (worldsim.data). The world's own sampling of new ground must be off (its tokens are read)."""
     from worldsim.actions import ACTION_NAMES
     from worldsim.eval import metrics as M
@@ -123,7 +172,7 @@ def collect_frontier(world: Any, episodes: Sequence[dict[str, np.ndarray]], samp
         raise ValueError("no step where the player moved: the episodes are too short or the player never walks")
     rng = np.random.default_rng(seed)
     picks = sorted(pool[i] for i in rng.choice(len(pool), min(samples, len(pool)), replace=False))
-    xs, ys, es = [], [], []
+    xs, ys, es, ins, lats = [], [], [], [], []
     t0, last = time.perf_counter(), 0.0
     for i, (e, t) in enumerate(picks):
         ep = episodes[e]
@@ -136,26 +185,35 @@ def collect_frontier(world: Any, episodes: Sequence[dict[str, np.ndarray]], samp
         z = session._state.latent
         seen = M.last_seen(ep["semantic"][t - k + 1:t + 1], ep["pos"][t - k + 1:t + 1], ep["pos"][t + 1][None])[0]
         r, c = np.nonzero(seen == M.UNSEEN)
+        real = np.asarray(ep["semantic"][t + 1])
+        _, inward, lateral = frontier_neighbours(r, c, np.asarray(ep["pos"][t + 1]) - np.asarray(ep["pos"][t]))
         xs.append(z[:, r, c].T)
-        ys.append(np.asarray(ep["semantic"][t + 1])[r, c])
+        ys.append(real[r, c])
+        ins.append(_labels_at(real, inward))
+        lats.append(_labels_at(real, lateral))
         es.append(np.full(len(r), e))
         if progress and time.perf_counter() - last > 30:
             last = time.perf_counter()
             print(f"  {i + 1}/{len(picks)} steps, {sum(map(len, ys))} cells, {last - t0:.0f} s", file=sys.stderr, flush=True)
     C = world.dit_cfg.latent_channels
-    return {"x": np.concatenate(xs) if xs else np.zeros((0, C), np.float32),
-            "y": np.concatenate(ys).astype(np.int64) if ys else np.zeros(0, np.int64),
-            "episode": np.concatenate(es) if es else np.zeros(0, np.int64)}
+    ints = lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
+    return {"x": np.concatenate(xs) if xs else np.zeros((0, C), np.float32), "y": ints(ys), "inward": ints(ins),
+            "lateral": ints(lats), "episode": ints(es)}
 
 
-def fit_ground(x: np.ndarray, y: np.ndarray, classes: Sequence[int], l2: float = 1e-3, iters: int = 300) -> GroundHead:
-    """Softmax regression of labels y (m,) on tokens x (m,C), over ``classes`` (cells of other labels are dropped);
-    full-batch L-BFGS on the mean cross-entropy + l2 |W|^2."""
+def fit_ground(x: np.ndarray, y: np.ndarray, classes: Sequence[int], l2: float = 1e-3, iters: int = 300,
+               inward: np.ndarray | None = None, lateral: np.ndarray | None = None) -> GroundHead:
+    """Softmax regression of labels y (m,) on tokens x (m,C) [and the neighbours' labels inward, lateral (m,): a
+    version-2 head], over ``classes`` (cells of other labels are dropped); full-batch L-BFGS on the mean
+    cross-entropy + l2 (|W|^2 + |neighbour|^2)."""
     import torch
 
     x, y = np.asarray(x, np.float64), np.asarray(y)
+    if (inward is None) != (lateral is None):
+        raise ValueError("fit_ground: give both neighbours (inward and lateral) or neither")
     keep = np.isin(y, classes)
     x, y = x[keep], y[keep]
+    nb = None if inward is None else (np.asarray(inward)[keep], np.asarray(lateral)[keep])
     if len(x) < 10 * len(classes):
         raise ValueError(f"{len(x)} frontier cells of the materials are too few to fit a head over {len(classes)} classes")
     mean, scale = x.mean(0), x.std(0) + 1e-6
@@ -163,34 +221,55 @@ def fit_ground(x: np.ndarray, y: np.ndarray, classes: Sequence[int], l2: float =
     Y = torch.tensor([list(classes).index(v) for v in y])
     W = torch.zeros(x.shape[1], len(classes), dtype=torch.float64, requires_grad=True)
     b = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], max_iter=iters, line_search_fn="strong_wolfe")
+    K = len(classes)
+    N = torch.zeros(2, K + 1, K, dtype=torch.float64, requires_grad=nb is not None)
+    if nb is not None:
+        probe = GroundHead(tuple(int(c) for c in classes), mean, scale, np.zeros((x.shape[1], K)), np.zeros(K))
+        rows = [torch.tensor(probe.neighbour_index(v)) for v in nb]
+    opt = torch.optim.LBFGS([W, b] + ([N] if nb is not None else []), max_iter=iters, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(X @ W + b, Y) + l2 * (W ** 2).sum()
+        logits = X @ W + b
+        if nb is not None:
+            logits = logits + N[0][rows[0]] + N[1][rows[1]]
+        loss = torch.nn.functional.cross_entropy(logits, Y) + l2 * ((W ** 2).sum() + (N ** 2).sum())
         loss.backward()
         return loss
 
     opt.step(closure)
-    return GroundHead(tuple(int(c) for c in classes), mean, scale, W.detach().numpy(), b.detach().numpy())
+    return GroundHead(tuple(int(c) for c in classes), mean, scale, W.detach().numpy(), b.detach().numpy(),
+                      neighbour=N.detach().numpy() if nb is not None else None)
 
 
-def ground_scores(head: GroundHead, x: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, Any]:
-    """How well a head reads held-out cells: log loss, accuracy, and the class mix of one sample per cell against the
-    real one (total variation; what free play's new ground will look like)."""
+def ground_scores(head: GroundHead, x: np.ndarray, y: np.ndarray, seed: int = 0, inward: np.ndarray | None = None,
+                  lateral: np.ndarray | None = None) -> dict[str, Any]:
+    """How well a head reads held-out cells (and their real neighbours' labels): log loss, accuracy, the class mix
+    of one sample per cell against the real one (total variation; what free play's new ground will look like), and
+    how often a cell is the material of the one before it along the row, sampled and real (patches vs salt and
+    pepper)."""
     keep = np.isin(y, head.classes)
     x, y = np.asarray(x)[keep], np.asarray(y)[keep]
+    inward = None if inward is None else np.asarray(inward)[keep]
+    lateral = None if lateral is None else np.asarray(lateral)[keep]
     if not len(y):
         return {"cells": 0}
-    p = head.probs(x)
+    p = head.probs(x, inward, lateral)
     idx = np.array([head.classes.index(v) for v in y])
     pick = (np.random.default_rng(seed).random((len(p), 1)) > np.cumsum(p, 1)).sum(1).clip(0, len(head.classes) - 1)
     K = len(head.classes)
     real, drawn = np.bincount(idx, minlength=K) / len(idx), np.bincount(pick, minlength=K) / len(pick)
-    return {"cells": int(len(y)), "log_loss": float(-np.log(p[np.arange(len(y)), idx] + 1e-12).mean()),
-            "accuracy": float((p.argmax(1) == idx).mean()), "sampled_tv": float(0.5 * np.abs(real - drawn).sum()),
-            "real": {SEMANTIC_NAMES[c]: round(float(real[j]), 4) for j, c in enumerate(head.classes)},
-            "sampled": {SEMANTIC_NAMES[c]: round(float(drawn[j]), 4) for j, c in enumerate(head.classes)}}
+    out = {"cells": int(len(y)), "log_loss": float(-np.log(p[np.arange(len(y)), idx] + 1e-12).mean()),
+           "accuracy": float((p.argmax(1) == idx).mean()), "sampled_tv": float(0.5 * np.abs(real - drawn).sum()),
+           "real": {SEMANTIC_NAMES[c]: round(float(real[j]), 4) for j, c in enumerate(head.classes)},
+           "sampled": {SEMANTIC_NAMES[c]: round(float(drawn[j]), 4) for j, c in enumerate(head.classes)}}
+    if lateral is not None:
+        lat = head.neighbour_index(lateral)
+        has, non_grass = lat < K, (lat < K) & (np.asarray(head.classes + (-1,))[lat] != GRASS_LABEL)
+        for name, m in (("same_as_lateral", has), ("same_as_lateral_non_grass", non_grass)):
+            if m.any():
+                out[name] = {"real": round(float((idx[m] == lat[m]).mean()), 4), "sampled": round(float((pick[m] == lat[m]).mean()), 4)}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -206,6 +285,8 @@ def add_arguments(p) -> None:
     p.add_argument("--held-out", type=int, default=1, help="episodes per dataset kept out of the fit for the printed scores")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-neighbours", action="store_true",
+                   help="fit a head on the token alone (version 1), not on the token and the two neighbours drawn before")
     p.add_argument("--out", default=None, help=f"output file (default: WORLD/{GROUND_FILE}, added to world.json)")
 
 
@@ -235,19 +316,18 @@ def run(args) -> int:
             print(f"{d}: {len(eps)} episodes, seeds {min(metas)}..{max(metas)}", file=sys.stderr)
             got = collect_frontier(world, eps, args.samples, seed=args.seed)
             held = got["episode"] >= len(eps) - args.held_out
-            fit_parts.append((got["x"][~held], got["y"][~held]))
-            held_parts.append((got["x"][held], got["y"][held]))
-        x = np.concatenate([p[0] for p in fit_parts])
-        y = np.concatenate([p[1] for p in fit_parts])
-        head = fit_ground(x, y, NATURAL)
-        hx = np.concatenate([p[0] for p in held_parts])
-        hy = np.concatenate([p[1] for p in held_parts])
+            fit_parts.append({k: v[~held] for k, v in got.items()})
+            held_parts.append({k: v[held] for k, v in got.items()})
+        fit = {k: np.concatenate([p[k] for p in fit_parts]) for k in fit_parts[0]}
+        hold = {k: np.concatenate([p[k] for p in held_parts]) for k in held_parts[0]}
+        nb = (lambda part: {}) if args.no_neighbours else (lambda part: {"inward": part["inward"], "lateral": part["lateral"]})
+        head = fit_ground(fit["x"], fit["y"], NATURAL, **nb(fit))
         meta = json.loads((world_dir / "world.json").read_text())
-        scores = ground_scores(head, hx, hy) if len(hy) else {"cells": 0}
-        head = GroundHead(head.classes, head.mean, head.scale, head.weight, head.bias, {
+        scores = ground_scores(head, hold["x"], hold["y"], **nb(hold)) if len(hold["y"]) else {"cells": 0}
+        head = replace(head, meta={
             "autoencoder_sha256": sha256_file(world_dir / meta["autoencoder"]), "dit_sha256": sha256_file(world_dir / meta["dit"]),
-            "fit": {"data": [str(d) for d in args.data], "cells": int(np.isin(y, NATURAL).sum()), "samples_per_dataset": args.samples,
-                    "seed": args.seed, "held_out": scores, "fit": ground_scores(head, x, y)}})
+            "fit": {"data": [str(d) for d in args.data], "cells": int(np.isin(fit["y"], NATURAL).sum()), "samples_per_dataset": args.samples,
+                    "seed": args.seed, "neighbours": not args.no_neighbours, "held_out": scores, "fit": ground_scores(head, fit["x"], fit["y"], **nb(fit))}})
     except (ValueError, FileNotFoundError, DatasetError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

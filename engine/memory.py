@@ -736,7 +736,8 @@ def sample_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev
     others take the game's texture of the drawn material, lit at the frame's light and encoded with ``encode`` (uint8
     (1,S,S,3) -> (1,C,g,g)). Cells the model drew as a creature, an arrow or the world's edge are left to it.
     Each cell draws with its own number (engine.ground.cell_uniforms of the session's ``seed`` and the cell): a cell
-    redrawn after a restore draws the same."""
+    redrawn after a restore draws the same. A head with neighbour terms draws the cells in order along the new row,
+    each given the material toward the player (as the frame shows it) and the one drawn before it."""
     from engine.ground import cell_uniforms, draw
     from engine.rules import paint_tiles
     from worldsim.memory import read_view_tiles
@@ -754,7 +755,11 @@ def sample_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev
     r, c, here, cells = r[keep], c[keep], here[keep], cells[keep]
     if not len(r):
         return latent, 0
-    drawn = draw(head, head.probs(np.asarray(latent, np.float32)[:, r, c].T), cell_uniforms(seed, cells))
+    tokens, u = np.asarray(latent, np.float32)[:, r, c].T, cell_uniforms(seed, cells)
+    if head.neighbour is None:
+        drawn = draw(head, head.probs(tokens), u)
+    else:
+        drawn = _draw_along_row(head, frame, light, r, c, pose - prev_pose, tokens, u)
     new = drawn != here
     textures = [_texture(frame.shape[0], int(k)) for k in drawn[new]]
     if not new.any() or any(t is None for t in textures):
@@ -764,3 +769,27 @@ def sample_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev
     out = np.array(latent, np.float32, copy=True)
     out[:, r[new], c[new]] = z[:, r[new], c[new]]
     return out, int(new.sum())
+
+
+def _draw_along_row(head, frame: np.ndarray, light: float, r: np.ndarray, c: np.ndarray, move: np.ndarray,
+                    tokens: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Labels (m,) of new cells at view rows/columns r, c (m,) drawn one by one along the row (engine.ground
+    .frontier_neighbours), each from the head's odds given its token (m,C) and its two neighbours' materials: the
+    frame's tile, or the draw just made there."""
+    from engine.ground import _labels_at, draw, frontier_neighbours
+    from worldsim.memory import read_view_tiles
+
+    order, inward, lateral = frontier_neighbours(r, c, move)
+    grid = np.full((VIEW_ROWS, VIEW_COLS), -1, np.int64)
+    look = np.concatenate([inward, lateral])
+    ok = (look[:, 0] >= 0) & (look[:, 0] < VIEW_ROWS) & (look[:, 1] >= 0) & (look[:, 1] < VIEW_COLS)
+    idx = np.unique(look[ok, 0] * VIEW_COLS + look[ok, 1])
+    seen = read_view_tiles(frame, idx, (float(light), False)) if len(idx) else None
+    if seen is not None:
+        grid.flat[idx] = seen
+    drawn = np.empty(len(r), np.int64)
+    for i in order:
+        p = head.probs(tokens[i:i + 1], _labels_at(grid, inward[i:i + 1]), _labels_at(grid, lateral[i:i + 1]))
+        drawn[i] = draw(head, p, u[i:i + 1])[0]
+        grid[r[i], c[i]] = drawn[i]
+    return drawn

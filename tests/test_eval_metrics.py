@@ -176,3 +176,20 @@ def test_tile_metrics_perfect_and_copy_last():
     # without positions the cells are aligned from the view shifts: same answer
     c2 = M.tile_metrics(copy, fut, fut_lab[None], ctx)
     assert c2["tile_persistent"] == pytest.approx(c["tile_persistent"])
+
+
+def test_same_neighbour_rate_tells_patches_from_stray_tiles():
+    """A lake in one piece scores high, the same number of water tiles scattered over grass scores 0; grass and the
+    player are not counted."""
+    from worldsim.eval.tiles import GRASS, PLAYER, WATER
+
+    lake = np.full((7, 9), GRASS)
+    lake[0:2, 0:3] = WATER   # 6 tiles with 19 neighbours in view; 7 water-water pairs, seen from both sides
+    rate, pairs = M.same_neighbour_rate(lake)
+    assert pairs == 19 and abs(rate - 14 / 19) < 1e-9
+    scattered = np.full((7, 9), GRASS)
+    scattered[[0, 0, 2, 4, 6, 6], [0, 4, 2, 6, 0, 8]] = WATER
+    assert M.same_neighbour_rate(scattered)[0] == 0.0
+    assert M.same_neighbour_rate(np.full((2, 7, 9), GRASS))[1] == 0
+    lake[3, 4] = PLAYER
+    assert M.same_neighbour_rate(lake)[0] == rate

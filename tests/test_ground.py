@@ -218,3 +218,98 @@ def test_cell_uniforms_are_uniform_independent_and_fixed_per_cell():
     p[:, [NATURAL.index(GRASS), NATURAL.index(WATER), NATURAL.index(TREE)]] = 0.7, 0.2, 0.1
     got = draw(_always(GRASS), p, u)
     assert abs((got == GRASS).mean() - 0.7) < 0.02 and abs((got == WATER).mean() - 0.2) < 0.02 and abs((got == TREE).mean() - 0.1) < 0.02
+
+
+def _rows(n_rows: int, seed: int, stay: float = 0.8) -> dict[str, np.ndarray]:
+    """Synthetic frontier rows of 7 cells: each cell keeps the material of the one before it with odds ``stay`` (the
+    game's patches), else draws from the mix; tokens are weak hints of the label. -> x, y, inward, lateral."""
+    rng = np.random.default_rng(seed)
+    protos = np.random.default_rng(98).standard_normal((3, 16)) * 0.3
+    mats = np.array([GRASS, WATER, TREE])
+    y = np.empty((n_rows, 7), np.int64)
+    y[:, 0] = rng.choice(3, n_rows, p=[0.6, 0.25, 0.15])
+    for j in range(1, 7):
+        fresh = rng.choice(3, n_rows, p=[0.6, 0.25, 0.15])
+        y[:, j] = np.where(rng.random(n_rows) < stay, y[:, j - 1], fresh)
+    lateral = np.concatenate([np.full((n_rows, 1), -1), mats[y[:, :-1]]], 1)
+    x = protos[y.ravel()] + rng.standard_normal((y.size, 16))
+    return {"x": x, "y": mats[y.ravel()], "inward": np.full(y.size, -1), "lateral": lateral.ravel()}
+
+
+def test_a_neighbour_head_keeps_the_games_patches():
+    """On rows whose cells go on as the one before (80%), a head fitted with the neighbours reads them (lower log
+    loss than the token alone) and its draws go on as often as the real rows do; the token-alone head breaks them
+    into salt and pepper. Its JSON (version 2) round-trips, and a version-1 file still loads."""
+    fit, held = _rows(1500, 0), _rows(1500, 1)
+    plain = fit_ground(fit["x"], fit["y"], NATURAL)
+    head = fit_ground(fit["x"], fit["y"], NATURAL, inward=fit["inward"], lateral=fit["lateral"])
+    assert plain.neighbour is None and head.neighbour.shape == (2, len(NATURAL) + 1, len(NATURAL))
+    sp = ground_scores(plain, held["x"], held["y"], inward=held["inward"], lateral=held["lateral"])
+    sn = ground_scores(head, held["x"], held["y"], inward=held["inward"], lateral=held["lateral"])
+    assert sn["log_loss"] < 0.8 * sp["log_loss"]
+    real = sn["same_as_lateral"]["real"]
+    assert abs(sn["same_as_lateral"]["sampled"] - real) < 0.04 < real - sp["same_as_lateral"]["sampled"] - 0.2
+    assert sn["sampled_tv"] < 0.05
+    with pytest.raises(ValueError, match="both neighbours"):
+        fit_ground(fit["x"], fit["y"], NATURAL, inward=fit["inward"])
+    with pytest.raises(ValueError, match="neighbour labels"):
+        head.probs(held["x"][:5], held["inward"][:4], held["lateral"][:5])
+
+
+def test_neighbour_json_round_trip_and_version_1(tmp_path):
+    from engine.ground import GROUND_VERSION
+
+    fit = _rows(300, 2)
+    head = fit_ground(fit["x"], fit["y"], NATURAL, inward=fit["inward"], lateral=fit["lateral"])
+    path = tmp_path / "ground.json"
+    path.write_text(json.dumps(head.to_dict()))
+    back = load_ground(path)
+    assert json.loads(path.read_text())["version"] == GROUND_VERSION
+    np.testing.assert_allclose(back.probs(fit["x"][:50], fit["inward"][:50], fit["lateral"][:50]),
+                               head.probs(fit["x"][:50], fit["inward"][:50], fit["lateral"][:50]), atol=1e-5)
+    v1 = {k: v for k, v in head.to_dict().items() if k != "neighbour"} | {"version": 1}
+    path.write_text(json.dumps(v1))
+    old = load_ground(path)
+    assert old.neighbour is None
+    np.testing.assert_allclose(old.probs(fit["x"][:5], fit["inward"][:5]), old.probs(fit["x"][:5]))
+    path.write_text(json.dumps({**head.to_dict(), "neighbour": [[0.0]]}))
+    with pytest.raises(ValueError, match="usable"):
+        load_ground(path)
+
+
+def test_sample_uncovered_draws_along_the_row_from_the_neighbours(monkeypatch):
+    """A head that copies the material before it along the row (and, at the row's start, the one toward the player)
+    fills a new column with the material of the frame's tile beside its top cell: one material down the column,
+    drawn top first; the frame's tiles beside are read, not the model's token."""
+    from engine.ground import frontier_neighbours
+
+    K = len(NATURAL)
+    copy = np.full((2, K + 1, K), 0.0)
+    copy[0, :K] += 30 * np.eye(K)   # the inward neighbour's material, strongly
+    copy[1, :K] += 60 * np.eye(K)   # the lateral one's, more strongly
+    head = GroundHead(tuple(NATURAL), np.zeros(16), np.ones(16), np.zeros((16, K)), np.zeros(K), neighbour=copy)
+    # the frame: water at the top-right tile before the new column, stone below it, grass elsewhere
+    view = np.full((7, 9), GRASS)
+    view[0, 7], view[1:, 7] = WATER, NATURAL[2]
+    monkeypatch.setattr("worldsim.memory.read_view_tiles",
+                        lambda frame, tiles, lighting=None: view.ravel()[np.asarray(tiles)])
+    tiles = TileMap(4096)
+    tiles.observe(np.zeros(LATENT, np.float32), np.array([-3, 0]), 0, 0.9, np.full((7, 9), GRASS))
+    canvases = []
+
+    def encode(frames):
+        canvases.append(frames[0].copy())
+        return np.full((1,) + LATENT, 7.0, np.float32)
+
+    model = np.full(LATENT, -1.0, np.float32)
+    z, n = sample_uncovered(tiles, model, np.full((72, 72, 3), 1, np.uint8), np.array([-3, 0]), np.array([-2, 0]), 0.9,
+                            head, encode, 0)
+    assert n == 7 and (z[:, :7, 8] == 7.0).all()   # all 7 drawn as water (the frame showed grass there)
+    clf = get_classifier(72)
+    water = clf.atlas[np.flatnonzero(clf.template_labels == WATER)[0]]
+    from engine.rules import light_tiles
+
+    for r in range(7):
+        np.testing.assert_array_equal(canvases[0][8 * r:8 * r + 8, 64:72], light_tiles([water], 0.9, np.array([[r, 8]]))[0])
+    order, inward, lateral = frontier_neighbours(np.arange(7), np.full(7, 8), np.array([1, 0]))
+    assert order.tolist() == list(range(7)) and inward[0].tolist() == [0, 7] and lateral[0].tolist() == [-1, 8]

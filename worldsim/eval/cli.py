@@ -169,4 +169,5 @@ def _summary(report: dict[str, Any], log) -> None:
     if "long_run" in res and res["long_run"]["model"].get("runs"):
         m, b = res["long_run"]["model"], res["long_run"]["copy_last"]
         log(f"long run: class TV {m['class_tv_to_real_last']:.3f} (copy-last {b['class_tv_to_real_last']:.3f}), "
-            f"unexplained {pct(m['unexplained_last'])}")
+            f"unexplained {pct(m['unexplained_last'])}, patches {pct(m.get('same_neighbour_last'))} "
+            f"(real {pct(m['windows'][-1].get('real_same_neighbour'))})")

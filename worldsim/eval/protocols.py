@@ -702,7 +702,7 @@ def long_run(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
     # asleep: a world whose player falls asleep and never wakes shows a dark, still view with few unexplained
     # tiles and a fair class mix; the share of sleeping frames next to the real game's tells it apart
     win = [{"pred_hist": np.zeros(len(ref)), "true_hist": np.zeros(len(ref)), "unexplained": [], "tile_all": [],
-            "psnr": [], "asleep": [], "real_asleep": []} for _ in range(nwin)]
+            "psnr": [], "asleep": [], "real_asleep": [], "patches": [0, 0], "real_patches": [0, 0]} for _ in range(nwin)]
     follow = M.Tally()
     bar = _bar(len(eps) * L, f"long run [{label}]", progress)
     samples: dict[str, np.ndarray] = {}
@@ -730,6 +730,10 @@ def long_run(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
             win[w]["psnr"].append(float(p[ws].mean()))
             win[w]["asleep"].append(float(np.mean(reading.sleeping[ws])))
             win[w]["real_asleep"].append(float(np.mean(ep.sleeping[sl][ws])))
+            for key, lab in (("patches", reading.labels[ws]), ("real_patches", ep.semantic[sl][ws])):
+                rate, n = M.same_neighbour_rate(lab)
+                win[w][key][0] += 0 if n == 0 else rate * n
+                win[w][key][1] += n
         if not samples:
             idx = np.unique(np.clip([0, L // 4, L // 2, 3 * L // 4, L - 1], 0, L - 1))
             samples = {"pred": pred[idx], "true": ep.frames[sl][idx], "index": idx + 1}
@@ -747,11 +751,15 @@ def long_run(world: Any, episodes: Sequence[Episode], cfg: EvalConfig, progress:
             "asleep": float(np.mean(d["asleep"])),
             "real_asleep": float(np.mean(d["real_asleep"])),
             "pred_classes": (d["pred_hist"] / len(eps)).round(5).tolist(),
+            # non-grass tiles whose neighbour is of their class: patches (lakes, forests) vs stray single tiles
+            "same_neighbour": d["patches"][0] / d["patches"][1] if d["patches"][1] else None,
+            "real_same_neighbour": d["real_patches"][0] / d["real_patches"][1] if d["real_patches"][1] else None,
         })
     out: dict[str, Any] = {
         "runs": len(eps), "length": L, "window": W, "windows": windows,
         "class_tv_to_real_last": windows[-1]["class_tv_to_real"],
         "unexplained_last": windows[-1]["unexplained"],
+        "same_neighbour_last": windows[-1]["same_neighbour"],
         "open_loop_following": M.following_score(follow),
         "reference_classes": ref.round(5).tolist(),
         "frames_per_s": len(eps) * L / seconds if seconds > 0 else None,

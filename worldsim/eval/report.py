@@ -410,15 +410,19 @@ def markdown(report: Mapping[str, Any]) -> str:
                   "Class TV distance: total variation between the tile classes the world shows and those of all real "
                   "held-out frames (the real game's own value for the same frames is the 'real' column).", "",
                   "| frames | TV model | TV copy-last | TV real | unexplained model | unexplained copy-last | "
-                  "tiles model | tiles copy-last | PSNR model | PSNR copy-last | asleep model | asleep real |",
-                  "|---|" + "---:|" * 11]
+                  "tiles model | tiles copy-last | PSNR model | PSNR copy-last | asleep model | asleep real | "
+                  "patches model | patches real |",
+                  "|---|" + "---:|" * 13]
         for wm, wb in zip(m["windows"], b["windows"]):
             lines.append(f"| {wm['frames'][0]}–{wm['frames'][1]} | {_fmt(wm['class_tv_to_real'])} | "
                          f"{_fmt(wb['class_tv_to_real'])} | {_fmt(wm['real_class_tv_to_real'])} | "
                          f"{_fmt(wm['unexplained'], '%')} | {_fmt(wb['unexplained'], '%')} | {_fmt(wm['tile_all'], '%')} | "
                          f"{_fmt(wb['tile_all'], '%')} | {_fmt(wm['psnr'], 'dB')} | {_fmt(wb['psnr'], 'dB')} | "
-                         f"{_fmt(wm.get('asleep'), '%')} | {_fmt(wm.get('real_asleep'), '%')} |")
-        lines += ["", f"Open-loop action following over the run: model {_fmt(m.get('open_loop_following'), '%')}, "
+                         f"{_fmt(wm.get('asleep'), '%')} | {_fmt(wm.get('real_asleep'), '%')} | "
+                         f"{_fmt(wm.get('same_neighbour'), '%')} | {_fmt(wm.get('real_same_neighbour'), '%')} |")
+        lines += ["", "Patches: how often a non-grass tile's neighbour in view is of its own class (lakes and forests "
+                  "in one piece score high, stray single tiles low).", "",
+                  f"Open-loop action following over the run: model {_fmt(m.get('open_loop_following'), '%')}, "
                   f"copy-last {_fmt(b.get('open_loop_following'), '%')}.", ""]
         if "long_run.png" in report["plots"]:
             lines += ["![long run](long_run.png)", ""]
