@@ -12,11 +12,12 @@ to the real game's), and the session draws one material per cell from it (``engi
 preset field ``ground_sample``). The head lives beside the weights as ``ground.json`` (plain JSON: 16 x 10 weights)
 and names the autoencoder and DiT it was fitted on; `worldsim train-ground --world W --data D` fits one.
 
-A version-2 head also reads two neighbours of the cell (``GroundHead.neighbour``): the one toward the player (seen
-before the move) and the one before it along the new row (drawn just before it), so new ground comes in patches the
-way the game's does: a lake or a forest goes on along the row instead of breaking into single tiles (independent
-draws per cell made salt and pepper; session 16's free play showed stray tiles). Cells are drawn in order along the
-row, each conditioned on the one drawn before it.
+A version-2 head also reads neighbours of the cell (``GroundHead.neighbour``): the material drawn just before it along
+the new row (lateral) and, if fitted so, the one toward the player (inward, seen before the move). Cells are drawn
+in order along the row, each given the one drawn before it, so new ground comes in runs the way the game's does
+instead of single stray tiles (session 16's independent draws). The shipped head reads the lateral neighbour only:
+one that also read the inward one fitted better one step ahead (held-out log loss 0.67 vs 0.70) but in free play each
+row then leaned on the last and the world drifted back to grass (69% of the tiles after 1000 frames; session 17).
 """
 
 from __future__ import annotations
@@ -203,17 +204,16 @@ def collect_frontier(world: Any, episodes: Sequence[dict[str, np.ndarray]], samp
 
 def fit_ground(x: np.ndarray, y: np.ndarray, classes: Sequence[int], l2: float = 1e-3, iters: int = 300,
                inward: np.ndarray | None = None, lateral: np.ndarray | None = None) -> GroundHead:
-    """Softmax regression of labels y (m,) on tokens x (m,C) [and the neighbours' labels inward, lateral (m,): a
-    version-2 head], over ``classes`` (cells of other labels are dropped); full-batch L-BFGS on the mean
-    cross-entropy + l2 (|W|^2 + |neighbour|^2)."""
+    """Softmax regression of labels y (m,) on tokens x (m,C) [and the labels (m,) of either neighbour or both:
+    ``inward``, ``lateral`` (a version-2 head; a neighbour not given keeps zero weights)], over ``classes`` (cells of
+    other labels are dropped); full-batch L-BFGS on the mean cross-entropy + l2 (|W|^2 + |neighbour|^2)."""
     import torch
 
     x, y = np.asarray(x, np.float64), np.asarray(y)
-    if (inward is None) != (lateral is None):
-        raise ValueError("fit_ground: give both neighbours (inward and lateral) or neither")
     keep = np.isin(y, classes)
     x, y = x[keep], y[keep]
-    nb = None if inward is None else (np.asarray(inward)[keep], np.asarray(lateral)[keep])
+    given = [None if v is None else np.asarray(v)[keep] for v in (inward, lateral)]
+    nb = None if all(v is None for v in given) else given
     if len(x) < 10 * len(classes):
         raise ValueError(f"{len(x)} frontier cells of the materials are too few to fit a head over {len(classes)} classes")
     mean, scale = x.mean(0), x.std(0) + 1e-6
@@ -222,24 +222,29 @@ def fit_ground(x: np.ndarray, y: np.ndarray, classes: Sequence[int], l2: float =
     W = torch.zeros(x.shape[1], len(classes), dtype=torch.float64, requires_grad=True)
     b = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
     K = len(classes)
-    N = torch.zeros(2, K + 1, K, dtype=torch.float64, requires_grad=nb is not None)
-    if nb is not None:
-        probe = GroundHead(tuple(int(c) for c in classes), mean, scale, np.zeros((x.shape[1], K)), np.zeros(K))
-        rows = [torch.tensor(probe.neighbour_index(v)) for v in nb]
-    opt = torch.optim.LBFGS([W, b] + ([N] if nb is not None else []), max_iter=iters, line_search_fn="strong_wolfe")
+    probe = GroundHead(tuple(int(c) for c in classes), mean, scale, np.zeros((x.shape[1], K)), np.zeros(K))
+    terms = [] if nb is None else [(k, torch.tensor(probe.neighbour_index(v)), torch.zeros(K + 1, K, dtype=torch.float64, requires_grad=True))
+                                   for k, v in enumerate(nb) if v is not None]
+    opt = torch.optim.LBFGS([W, b] + [t[2] for t in terms], max_iter=iters, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
         logits = X @ W + b
-        if nb is not None:
-            logits = logits + N[0][rows[0]] + N[1][rows[1]]
-        loss = torch.nn.functional.cross_entropy(logits, Y) + l2 * ((W ** 2).sum() + (N ** 2).sum())
+        reg = (W ** 2).sum()
+        for _, rows, table in terms:
+            logits = logits + table[rows]
+            reg = reg + (table ** 2).sum()
+        loss = torch.nn.functional.cross_entropy(logits, Y) + l2 * reg
         loss.backward()
         return loss
 
     opt.step(closure)
-    return GroundHead(tuple(int(c) for c in classes), mean, scale, W.detach().numpy(), b.detach().numpy(),
-                      neighbour=N.detach().numpy() if nb is not None else None)
+    neighbour = None
+    if terms:
+        neighbour = np.zeros((2, K + 1, K))
+        for k, _, table in terms:
+            neighbour[k] = table.detach().numpy()
+    return GroundHead(tuple(int(c) for c in classes), mean, scale, W.detach().numpy(), b.detach().numpy(), neighbour=neighbour)
 
 
 def ground_scores(head: GroundHead, x: np.ndarray, y: np.ndarray, seed: int = 0, inward: np.ndarray | None = None,
@@ -285,8 +290,10 @@ def add_arguments(p) -> None:
     p.add_argument("--held-out", type=int, default=1, help="episodes per dataset kept out of the fit for the printed scores")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--no-neighbours", action="store_true",
-                   help="fit a head on the token alone (version 1), not on the token and the two neighbours drawn before")
+    p.add_argument("--neighbours", default="lateral", choices=("lateral", "both", "none"),
+                   help="what the head reads beside the token: the material drawn before the cell along the new row "
+                        "(default), that and the one toward the player, or nothing (session 17: 'both' drifted to grass "
+                        "in free play)")
     p.add_argument("--out", default=None, help=f"output file (default: WORLD/{GROUND_FILE}, added to world.json)")
 
 
@@ -320,14 +327,14 @@ def run(args) -> int:
             held_parts.append({k: v[held] for k, v in got.items()})
         fit = {k: np.concatenate([p[k] for p in fit_parts]) for k in fit_parts[0]}
         hold = {k: np.concatenate([p[k] for p in held_parts]) for k in held_parts[0]}
-        nb = (lambda part: {}) if args.no_neighbours else (lambda part: {"inward": part["inward"], "lateral": part["lateral"]})
+        nb = lambda part: {k: part[k] for k in {"none": (), "lateral": ("lateral",), "both": ("inward", "lateral")}[args.neighbours]}  # noqa: E731
         head = fit_ground(fit["x"], fit["y"], NATURAL, **nb(fit))
         meta = json.loads((world_dir / "world.json").read_text())
         scores = ground_scores(head, hold["x"], hold["y"], **nb(hold)) if len(hold["y"]) else {"cells": 0}
         head = replace(head, meta={
             "autoencoder_sha256": sha256_file(world_dir / meta["autoencoder"]), "dit_sha256": sha256_file(world_dir / meta["dit"]),
             "fit": {"data": [str(d) for d in args.data], "cells": int(np.isin(fit["y"], NATURAL).sum()), "samples_per_dataset": args.samples,
-                    "seed": args.seed, "neighbours": not args.no_neighbours, "held_out": scores, "fit": ground_scores(head, fit["x"], fit["y"], **nb(fit))}})
+                    "seed": args.seed, "neighbours": args.neighbours, "held_out": scores, "fit": ground_scores(head, fit["x"], fit["y"], **nb(fit))}})
     except (ValueError, FileNotFoundError, DatasetError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -250,8 +250,10 @@ def test_a_neighbour_head_keeps_the_games_patches():
     real = sn["same_as_lateral"]["real"]
     assert abs(sn["same_as_lateral"]["sampled"] - real) < 0.04 < real - sp["same_as_lateral"]["sampled"] - 0.2
     assert sn["sampled_tv"] < 0.05
-    with pytest.raises(ValueError, match="both neighbours"):
-        fit_ground(fit["x"], fit["y"], NATURAL, inward=fit["inward"])
+    lateral_only = fit_ground(fit["x"], fit["y"], NATURAL, lateral=fit["lateral"])
+    assert (lateral_only.neighbour[0] == 0).all() and np.abs(lateral_only.neighbour[1]).max() > 0.5
+    sl = ground_scores(lateral_only, held["x"], held["y"], lateral=held["lateral"])
+    assert abs(sl["log_loss"] - sn["log_loss"]) < 0.02   # the synthetic rows hold nothing toward the player
     with pytest.raises(ValueError, match="neighbour labels"):
         head.probs(held["x"][:5], held["inward"][:4], held["lateral"][:5])
 
