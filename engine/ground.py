@@ -73,8 +73,7 @@ class GroundHead:
     def neighbour_index(self, labels: np.ndarray) -> np.ndarray:
         """Semantic labels (m,) -> rows (m,) of ``neighbour``: a material's column, K for anything else (a creature,
         a placed block, a cell out of view or not drawn yet: label -1)."""
-        lut = {c: j for j, c in enumerate(self.classes)}
-        return np.array([lut.get(int(v), len(self.classes)) for v in np.asarray(labels).reshape(-1)], np.int64)
+        return _neighbour_rows(self.classes, labels)
 
     def probs(self, tokens: np.ndarray, inward: np.ndarray | None = None, lateral: np.ndarray | None = None) -> np.ndarray:
         """Material probabilities (m,K) of tokens (m,C); ``inward``/``lateral``: the neighbours' semantic labels (m,)
@@ -132,13 +131,20 @@ def load_ground(path: str | os.PathLike, autoencoder_sha256: str | None = None, 
     return head
 
 
+def _neighbour_rows(classes: Sequence[int], labels: np.ndarray) -> np.ndarray:
+    """GroundHead.neighbour_index for materials ``classes``."""
+    lut = {int(c): j for j, c in enumerate(classes)}
+    return np.array([lut.get(int(v), len(lut)) for v in np.asarray(labels).reshape(-1)], np.int64)
+
+
 def frontier_neighbours(r: np.ndarray, c: np.ndarray, move: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """New cells at view rows/columns r, c (m,) after a move (dx, dy) (the pose's change): -> (the order to draw them
     in (m,), each cell's inward neighbour (m,2) (row, col: one step back toward the player) and its lateral neighbour
     (m,2) (the one before it along the new row or column, drawn first)). Positions may lie outside the view."""
     r, c = np.asarray(r, np.int64), np.asarray(c, np.int64)
-    dx, dy = (int(v) for v in np.sign(np.asarray(move).reshape(2)))
-    if abs(int(np.asarray(move).reshape(2)[0])) >= abs(int(np.asarray(move).reshape(2)[1])):
+    mx, my = (int(v) for v in np.asarray(move).reshape(2))
+    dx, dy = int(np.sign(mx)), int(np.sign(my))
+    if abs(mx) >= abs(my):
         # a step sideways uncovers a column: lines nearest the player first, each from the top down
         return np.lexsort((r, c * dx)), np.stack([r, c - dx], 1), np.stack([r - 1, c], 1)
     return np.lexsort((c, r * dy)), np.stack([r - dy, c], 1), np.stack([r, c - 1], 1)
@@ -222,8 +228,7 @@ def fit_ground(x: np.ndarray, y: np.ndarray, classes: Sequence[int], l2: float =
     W = torch.zeros(x.shape[1], len(classes), dtype=torch.float64, requires_grad=True)
     b = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
     K = len(classes)
-    probe = GroundHead(tuple(int(c) for c in classes), mean, scale, np.zeros((x.shape[1], K)), np.zeros(K))
-    terms = [] if nb is None else [(k, torch.tensor(probe.neighbour_index(v)), torch.zeros(K + 1, K, dtype=torch.float64, requires_grad=True))
+    terms = [] if nb is None else [(k, torch.tensor(_neighbour_rows(classes, v)), torch.zeros(K + 1, K, dtype=torch.float64, requires_grad=True))
                                    for k, v in enumerate(nb) if v is not None]
     opt = torch.optim.LBFGS([W, b] + [t[2] for t in terms], max_iter=iters, line_search_fn="strong_wolfe")
 

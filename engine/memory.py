@@ -738,7 +738,7 @@ def sample_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev
     Each cell draws with its own number (engine.ground.cell_uniforms of the session's ``seed`` and the cell): a cell
     redrawn after a restore draws the same. A head with neighbour terms draws the cells in order along the new row,
     each given the material toward the player (as the frame shows it) and the one drawn before it."""
-    from engine.ground import cell_uniforms, draw
+    from engine.ground import cell_uniforms, draw, frontier_neighbours
     from engine.rules import paint_tiles
     from worldsim.memory import read_view_tiles
 
@@ -748,9 +748,19 @@ def sample_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev
     cells, r, c = _unseen_uncovered(tiles, prev_pose, pose)
     if not len(cells):
         return latent, 0
-    here = read_view_tiles(frame, r * VIEW_COLS + c, (float(light), False))
-    if here is None:
+    # the frame's tiles at the new cells and, for a head that reads them, at their neighbours: one read
+    look = np.stack([r, c], 1)
+    if head.neighbour is not None:
+        _, inward, lateral = frontier_neighbours(r, c, pose - prev_pose)
+        look = np.concatenate([look, inward, lateral])
+    look = look[(look[:, 0] >= 0) & (look[:, 0] < VIEW_ROWS) & (look[:, 1] >= 0) & (look[:, 1] < VIEW_COLS)]
+    idx = np.unique(look[:, 0] * VIEW_COLS + look[:, 1])
+    seen = read_view_tiles(frame, idx, (float(light), False))
+    if seen is None:
         return latent, 0
+    grid = np.full((VIEW_ROWS, VIEW_COLS), -1, np.int64)   # the frame's labels where read, -1 elsewhere
+    grid.flat[idx] = seen
+    here = grid[r, c]
     keep = np.isin(here, NATURAL + PLACED_ONLY)
     r, c, here, cells = r[keep], c[keep], here[keep], cells[keep]
     if not len(r):
@@ -759,7 +769,7 @@ def sample_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev
     if head.neighbour is None:
         drawn = draw(head, head.probs(tokens), u)
     else:
-        drawn = _draw_along_row(head, frame, light, r, c, pose - prev_pose, tokens, u)
+        drawn = _draw_along_row(head, grid, r, c, pose - prev_pose, tokens, u)
     new = drawn != here
     textures = [_texture(frame.shape[0], int(k)) for k in drawn[new]]
     if not new.any() or any(t is None for t in textures):
@@ -771,22 +781,15 @@ def sample_uncovered(tiles: TileMap, latent: np.ndarray, frame: np.ndarray, prev
     return out, int(new.sum())
 
 
-def _draw_along_row(head, frame: np.ndarray, light: float, r: np.ndarray, c: np.ndarray, move: np.ndarray,
-                    tokens: np.ndarray, u: np.ndarray) -> np.ndarray:
+def _draw_along_row(head, grid: np.ndarray, r: np.ndarray, c: np.ndarray, move: np.ndarray, tokens: np.ndarray,
+                    u: np.ndarray) -> np.ndarray:
     """Labels (m,) of new cells at view rows/columns r, c (m,) drawn one by one along the row (engine.ground
-    .frontier_neighbours), each from the head's odds given its token (m,C) and its two neighbours' materials: the
-    frame's tile, or the draw just made there."""
+    .frontier_neighbours), each from the head's odds given its token (m,C) and its two neighbours' materials in
+    ``grid`` (VIEW_ROWS, VIEW_COLS) (the frame's labels, -1 unread), where each draw is written as it is made."""
     from engine.ground import _labels_at, draw, frontier_neighbours
-    from worldsim.memory import read_view_tiles
 
     order, inward, lateral = frontier_neighbours(r, c, move)
-    grid = np.full((VIEW_ROWS, VIEW_COLS), -1, np.int64)
-    look = np.concatenate([inward, lateral])
-    ok = (look[:, 0] >= 0) & (look[:, 0] < VIEW_ROWS) & (look[:, 1] >= 0) & (look[:, 1] < VIEW_COLS)
-    idx = np.unique(look[ok, 0] * VIEW_COLS + look[ok, 1])
-    seen = read_view_tiles(frame, idx, (float(light), False)) if len(idx) else None
-    if seen is not None:
-        grid.flat[idx] = seen
+    grid = grid.copy()
     drawn = np.empty(len(r), np.int64)
     for i in order:
         p = head.probs(tokens[i:i + 1], _labels_at(grid, inward[i:i + 1]), _labels_at(grid, lateral[i:i + 1]))
